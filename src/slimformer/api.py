@@ -1,0 +1,176 @@
+"""Public API: ``compress()``, ``load_model()`` and the result object."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .arch import get_adapter
+from .core.plan import ShapePlan, plan_from_model
+from .io.format import load_model, save_compressed
+from .methods import Runtime, spec_for_config
+
+logger = logging.getLogger("slimformer.api")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of distinct parameters (tied tensors once, shortcuts and untied heads included)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def peak_rss_mb() -> float:
+    """Process resident-memory high-water mark in MiB (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`compress` returns.
+
+    Attributes:
+        model: the compressed model (a regular HF ``*ForCausalLM`` instance).
+        plan: its :class:`ShapePlan`.
+        report: params before/after, removed fraction, seconds, peak memory, widths, ...
+        section: the ``"slimformer"`` config section written by :meth:`save`.
+    """
+
+    model: nn.Module
+    plan: ShapePlan
+    report: dict[str, Any]
+    section: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None
+
+    def save(self, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False) -> str:
+        """Save as a Hugging Face directory (see :mod:`slimformer.io.format`)."""
+        tok = tokenizer if tokenizer is not None else self.tokenizer
+        return str(save_compressed(self.model, out, self.section, self.report, tok, overwrite=overwrite))
+
+
+def _calib_tensor(calib: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Accept CalibData or a ``[N, T]`` LongTensor; return ids and the data identity."""
+    if isinstance(calib, torch.Tensor):
+        ids, ident = calib, {"name": "tensor", "samples": calib.shape[0], "seqlen": calib.shape[-1]}
+    elif hasattr(calib, "input_ids"):
+        ids, ident = calib.input_ids, calib.identity()
+    else:
+        raise TypeError("calib must be slimformer.data.CalibData or a LongTensor [samples, seqlen]")
+    if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32, torch.int64) or ids.shape[0] < 1:
+        raise ValueError(f"calibration ids must be an integer tensor [samples, seqlen], got {tuple(ids.shape)} {ids.dtype}")
+    return ids.long(), ident
+
+
+def _check_model(model: nn.Module) -> None:
+    params = list(model.parameters())
+    if not params:
+        raise ValueError("model has no parameters")
+    dtypes = {p.dtype for p in params}
+    if not all(dt.is_floating_point for dt in dtypes):
+        raise TypeError(f"model weights must be floating point (got {sorted(map(str, dtypes))}); quantised models are not supported")
+    if any(p.device.type == "meta" for p in params):
+        raise ValueError("model has weights on the meta device; load it fully before compressing")
+
+
+def compress(
+    model: nn.Module,
+    config: Any,
+    calib: Any = None,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    offload_activations: bool = False,
+    progress: bool = True,
+    tokenizer: Any = None,
+    seed: int | None = None,
+) -> CompressionResult:
+    """Compress ``model`` in place with the method whose config is ``config``.
+
+    Args:
+        model: a Hugging Face causal LM of a supported family (``config.model_type``).
+        config: a method config, e.g. ``SliceGPTConfig(sparsity=0.25)``.
+        calib: ``slimformer.data.CalibData`` or ids ``[samples, seqlen]``.
+        device: compute device for the block being processed (default: the model's).
+        batch_size: calibration windows per forward.
+        offload_activations: keep cached activations on CPU while blocks run on ``device``.
+    Returns:
+        A :class:`CompressionResult`; ``result.model`` is ``model`` itself, compressed.
+    """
+    spec = spec_for_config(config)
+    adapter = get_adapter(model)
+    _check_model(model)
+    if spec.needs_calibration and calib is None:
+        raise ValueError(f"method {spec.name} needs calibration data (calib=...)")
+    ids, ident = _calib_tensor(calib) if calib is not None else (None, None)
+    if ids is not None and int(ids.max()) >= model.config.vocab_size:
+        raise ValueError(f"calibration token id {int(ids.max())} >= vocab size {model.config.vocab_size}: wrong tokenizer?")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but CUDA is not available; use --device cpu")
+    params_before = count_params(model)
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    extra = spec.apply(model, adapter, config, ids, Runtime(dev, batch_size, offload_activations, progress))
+    seconds = time.perf_counter() - t0
+    plan = plan_from_model(model, adapter)
+    params_after = count_params(model)
+    report: dict[str, Any] = {
+        "method": spec.name,
+        "config": dataclasses.asdict(config),
+        "model": getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None),
+        "model_type": model.config.model_type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "params_before": params_before,
+        "params_after": params_after,
+        "removed_fraction": 1.0 - params_after / params_before,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": str(dev),
+        "calibration": ident,
+        "layers": plan.widths_table(),
+        **extra,
+    }
+    if dev.type == "cuda":
+        report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    section = {
+        "method": spec.name,
+        "method_config": dataclasses.asdict(config),
+        "plan": plan.to_dict(),
+        "provenance": provenance(ident, seed, params_before, params_after, report["model"]),
+    }
+    logger.info(
+        "%s: %d -> %d params (%.1f%% removed) in %.1fs",
+        spec.name, params_before, params_after, 100 * report["removed_fraction"], seconds,
+    )
+    return CompressionResult(model, plan, report, section, tokenizer)
+
+
+def provenance(calib: Any, seed: int | None, before: int, after: int, base: Any) -> dict[str, Any]:
+    """Library versions, data identity, seed and parameter counts for the saved config."""
+    import transformers
+
+    return {
+        "slimformer": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "base_model": base,
+        "calibration": calib,
+        "seed": seed,
+        "params_before": before,
+        "params_after": after,
+    }
+
+
+__all__ = ["CompressionResult", "compress", "count_params", "load_model"]

@@ -1,0 +1,138 @@
+"""Architecture adapters: a model family described as data.
+
+Methods never reach into ``model.model.layers[i].self_attn.q_proj`` themselves;
+they ask an :class:`ArchAdapter` where the embeddings, blocks, norms, head and
+the residual readers/writers are. Paths are dotted attribute paths, relative to
+the ``*ForCausalLM`` model (model-level paths) or to one decoder block
+(block-level paths).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from torch import nn
+
+logger = logging.getLogger("slimformer.arch")
+
+
+class UnsupportedModelError(ValueError):
+    """The model (or a variant of a supported family) cannot be compressed."""
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    """Return the submodule at dotted ``path`` (``""`` is ``root`` itself)."""
+    mod = root
+    for part in path.split(".") if path else []:
+        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` by ``new``."""
+    parent_path, _, name = path.rpartition(".")
+    parent = get_module(root, parent_path)
+    if name.isdigit():
+        parent[int(name)] = new
+    else:
+        setattr(parent, name, new)
+
+
+@dataclass(frozen=True)
+class ArchAdapter:
+    """Where things are in one model family, and how its blocks compute.
+
+    Attributes:
+        model_types: ``config.model_type`` values served by this adapter.
+        layers: model-level path of the ``nn.ModuleList`` of decoder blocks.
+        embed: model-level path of the token embedding.
+        final_norm: model-level path of the norm before the head.
+        norm_kind: ``"rms"`` (no centring needed) or ``"layer"`` (LayerNorm: the
+            writers of the residual are mean-centred during fusion).
+        attn_norm / mlp_norm: block-level names of the norms (``mlp_norm=None``
+            for a parallel block where one norm feeds attention and MLP).
+        attn: block-level name of the attention module.
+        q, k, v, o: block-level paths of the attention projections.
+        up, down: block-level paths of the MLP's first (reading) and last
+            (writing) linears; ``gate`` is the optional gated branch.
+        mlp: block-level name of the MLP module, or ``None`` when the linears sit
+            directly in the block (OPT); then ``act_config_attr`` names the
+            config field holding the activation.
+        pos_embed: model-level path of learned positional embeddings (OPT).
+        head: model-level path of the LM head.
+        validate: optional check of the config raising UnsupportedModelError.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str
+    embed: str
+    final_norm: str
+    norm_kind: Literal["rms", "layer"]
+    attn_norm: str
+    mlp_norm: str | None
+    attn: str
+    q: str
+    k: str
+    v: str
+    o: str
+    up: str
+    down: str
+    gate: str | None = None
+    mlp: str | None = "mlp"
+    act_config_attr: str | None = None
+    pos_embed: str | None = None
+    head: str = "lm_head"
+    validate: Callable[[Any], None] | None = field(default=None, compare=False)
+
+    # ----- derived, read-only views -------------------------------------------------
+    @property
+    def parallel(self) -> bool:
+        """True when attention and MLP read the same normalised input (Phi-2)."""
+        return self.mlp_norm is None
+
+    @property
+    def attn_readers(self) -> tuple[str, ...]:
+        """Block-level paths of the linears that read the attention norm output."""
+        return (self.q, self.k, self.v)
+
+    @property
+    def mlp_readers(self) -> tuple[str, ...]:
+        """Block-level paths of the linears that read the MLP norm output."""
+        return tuple(p for p in (self.gate, self.up) if p is not None)
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        """Block-level paths of the linears that write into the residual stream."""
+        return (self.o, self.down)
+
+    def block_layout(self, config: Any) -> dict[str, Any]:
+        """The submodule layout a :class:`SlimBlock` needs (JSON-serialisable)."""
+        lay: dict[str, Any] = {"attn_norm": self.attn_norm, "attn": self.attn, "mlp_norm": self.mlp_norm}
+        if self.mlp is not None:
+            lay["mlp"] = self.mlp
+        else:
+            lay.update(mlp=None, fc_in=self.up, fc_out=self.down, act=getattr(config, self.act_config_attr))
+        return lay
+
+    def block_module_names(self) -> list[str]:
+        """Top-level names of the block's submodules kept in a SlimBlock."""
+        names = [self.attn_norm, self.attn]
+        if self.mlp_norm is not None:
+            names.append(self.mlp_norm)
+        names += [self.mlp] if self.mlp is not None else [self.up, self.down]
+        return names
+
+    # ----- access ---------------------------------------------------------------
+    def check(self, config: Any) -> None:
+        """Raise UnsupportedModelError if this variant of the family is unsupported."""
+        if self.validate is not None:
+            self.validate(config)
+
+    def get_layers(self, model: nn.Module) -> nn.ModuleList:
+        return get_module(model, self.layers)  # type: ignore[return-value]
+
+    def get(self, model: nn.Module, path: str) -> nn.Module:
+        return get_module(model, path)

@@ -1,0 +1,1 @@
+"""Running calibration data through a model one decoder block at a time."""

@@ -1,0 +1,157 @@
+"""One calibration pass that chooses a basis for every point of the residual stream.
+
+Shared by the methods that rotate/slice the residual stream (SliceGPT, layer-
+redundancy slicing, DOTResize). Each sublayer's forward runs **once** per
+calibration batch (the official SliceGPT code runs every block twice):
+
+    embeddings -> cov -> Q_0
+    block i (sequential):
+        a   = Attn(norm(x))                    # readers already in basis Q_in
+        h   = x Q_in^T + a                     # mid stream, original basis [b, t, d]
+        cov(h) -> Q_mid; rotate o_proj, shortcut Q_in^T Q_mid, rotate MLP readers
+        m   = MLP(norm(h Q_mid))
+        o   = (h Q_mid) Q_mid^T + m            # block output, original basis
+        cov(o) -> Q_out; rotate down_proj, shortcut Q_mid^T Q_out; x <- o Q_out
+    block i (parallel, Phi-2): o = x Q_in^T + Attn(norm(x)) + MLP(norm(x)), cov(o) -> Q_out
+    head reads the last Q_out.
+
+The basis at each point is chosen by a :class:`BasisChooser`, which sees the
+point's uncentred covariance (float64).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..arch import ArchAdapter, get_module
+from ..core.rotate import (
+    apply_block_input_basis,
+    apply_block_mid_basis,
+    apply_block_output_basis,
+    apply_embedding_basis,
+    apply_head_basis,
+)
+from .runner import BlockInputs, model_device
+from .stats import Covariance
+
+logger = logging.getLogger("slimformer.calib.residual")
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point of the residual stream: ``kind`` in {"embed", "mid", "out"}; ``layer`` is
+    the block index (-1 for "embed"); ``last`` marks the output of the last block (head input)."""
+
+    kind: str
+    layer: int
+    last: bool = False
+
+
+class BasisChooser(Protocol):
+    def needs_covariance(self, point: Point) -> bool:
+        """Whether :meth:`choose` needs the covariance at ``point``."""
+
+    def choose(self, point: Point, cov: torch.Tensor | None) -> torch.Tensor | None:
+        """Basis ``[d, k]`` (orthonormal columns) at ``point``; ``None`` = original basis, full width."""
+
+
+def _to_stream(x: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``x: [..., d] -> x @ Q: [..., k]`` in x's dtype."""
+    return x @ Q.to(device=x.device, dtype=x.dtype)
+
+
+def _from_stream(x: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``x: [..., k] -> x @ Q.T: [..., d]`` (back to the original basis)."""
+    return x @ Q.T.to(device=x.device, dtype=x.dtype)
+
+
+class _Pass:
+    def __init__(self, model: nn.Module, adapter: ArchAdapter, chooser: BasisChooser, device: torch.device) -> None:
+        self.model, self.adapter, self.chooser, self.device = model, adapter, chooser, device
+        self.d = model.config.hidden_size
+
+    def basis(self, point: Point, acts: list[torch.Tensor]) -> torch.Tensor:
+        cov = None
+        if self.chooser.needs_covariance(point):
+            acc = Covariance(self.d)
+            for a in acts:
+                acc.update(a.to(self.device))
+            acc.all_reduce()
+            cov = acc.value()
+        Q = self.chooser.choose(point, cov)
+        if Q is None:
+            Q = torch.eye(self.d, dtype=torch.float64)
+        return Q.to(torch.float32)
+
+    def sequential_block(self, block: nn.Module, inputs: BlockInputs, Q_in: torch.Tensor, li: int, last: bool) -> torch.Tensor:
+        ad = self.adapter
+        apply_block_input_basis(block, ad, Q_in)
+        mids = []
+        for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+            x = x.to(self.device)
+            a = block._attn(get_module(block, ad.attn_norm)(x), kw)  # [b, t, d]
+            mids.append((_from_stream(x, Q_in) + a).to(inputs.storage))
+            inputs.hidden[b] = None  # type: ignore[assignment]  # free as we go
+        Q_mid = self.basis(Point("mid", li), mids)
+        apply_block_mid_basis(block, ad, Q_in, Q_mid)
+        outs = []
+        for b, h in enumerate(mids):
+            h_rot = _to_stream(h.to(self.device), Q_mid)  # [b, t, k_mid]
+            m = block._mlp(get_module(block, ad.mlp_norm)(h_rot))
+            outs.append((_from_stream(h_rot, Q_mid) + m).to(inputs.storage))
+            mids[b] = None  # type: ignore[call-overload]
+        Q_out = self.basis(Point("out", li, last), outs)
+        apply_block_output_basis(block, ad, Q_mid, Q_out)
+        inputs.hidden = [_to_stream(o.to(self.device), Q_out).to(inputs.storage) for o in outs]
+        return Q_out
+
+    def parallel_block(self, block: nn.Module, inputs: BlockInputs, Q_in: torch.Tensor, li: int, last: bool) -> torch.Tensor:
+        ad = self.adapter
+        apply_block_input_basis(block, ad, Q_in)
+        outs = []
+        for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+            x = x.to(self.device)
+            n = get_module(block, ad.attn_norm)(x)
+            outs.append((_from_stream(x, Q_in) + block._attn(n, kw) + block._mlp(n)).to(inputs.storage))
+            inputs.hidden[b] = None  # type: ignore[assignment]
+        Q_out = self.basis(Point("out", li, last), outs)
+        apply_block_output_basis(block, ad, Q_in, Q_out)
+        inputs.hidden = [_to_stream(o.to(self.device), Q_out).to(inputs.storage) for o in outs]
+        return Q_out
+
+
+@torch.no_grad()
+def rotate_and_slice(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    inputs: BlockInputs,
+    chooser: BasisChooser,
+    device: torch.device,
+    progress: bool = True,
+) -> None:
+    """Choose and apply a basis at every residual point, block by block (in place).
+
+    ``model`` must be in slim form (:func:`slimformer.core.fuse.fuse`) and
+    ``inputs`` must hold block 0's inputs in the original basis; they are
+    consumed.
+    """
+    run = _Pass(model, adapter, chooser, device)
+    Q = run.basis(Point("embed", -1), inputs.hidden)
+    apply_embedding_basis(model, adapter, Q)
+    inputs.hidden = [_to_stream(x.to(device), Q).to(inputs.storage) for x in inputs.hidden]
+    layers = adapter.get_layers(model)
+    home = model_device(model)
+    for li in tqdm(range(len(layers)), desc="rotate+slice", unit="layer", disable=not progress):
+        block = layers[li].to(device)
+        last = li == len(layers) - 1
+        step = run.parallel_block if adapter.parallel else run.sequential_block
+        Q = step(block, inputs, Q, li, last)
+        layers[li] = block.to(home)
+        logger.debug("layer %d done", li)
+    apply_head_basis(model, adapter, Q)

@@ -1,0 +1,58 @@
+"""Streaming statistics of activations, accumulated in float64."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class Covariance:
+    """Running ``C = sum_t x_t x_t^T`` over tokens (uncentred, as SliceGPT uses).
+
+    ``update(x)`` takes ``x: [..., d]`` in any dtype/device; the sum is kept in
+    float64 on ``x``'s device. Under ``torch.distributed`` call
+    :meth:`all_reduce` before reading, so every rank sees the global sum.
+    """
+
+    def __init__(self, d: int) -> None:
+        self.d = d
+        self.sum: torch.Tensor | None = None  # [d, d] float64
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x2 = x.reshape(-1, x.shape[-1]).double()  # [tokens, d]
+        if x2.shape[-1] != self.d:
+            raise ValueError(f"expected width {self.d}, got {x2.shape[-1]}")
+        xtx = x2.T @ x2
+        self.sum = xtx if self.sum is None else self.sum + xtx.to(self.sum.device)
+        self.count += x2.shape[0]
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized() and self.sum is not None:
+            dist.all_reduce(self.sum)
+            n = torch.tensor([self.count], dtype=torch.float64, device=self.sum.device)
+            dist.all_reduce(n)
+            self.count = int(n.item())
+
+    def value(self) -> torch.Tensor:
+        if self.sum is None:
+            raise RuntimeError("covariance read before any update")
+        return self.sum
+
+
+def pca_basis(cov: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvectors of ``cov + damping * mean(diag(cov)) * I``, eigenvalues descending.
+
+    Args:
+        cov: ``[d, d]`` symmetric PSD matrix (float64).
+        damping: relative ridge (SliceGPT code: 0.01).
+    Returns:
+        ``(eigvals [d], Q [d, d])`` in float64, columns of Q sorted by descending eigenvalue.
+    """
+    C = cov.double()
+    if damping > 0:
+        C = C + damping * torch.mean(torch.diag(C)) * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+    vals, vecs = torch.linalg.eigh(C)
+    order = torch.argsort(vals, descending=True)
+    return vals[order], vecs[:, order]

@@ -1,0 +1,179 @@
+"""Command line interface: a thin layer over :mod:`slimformer.api`.
+
+Method options are generated from the method config dataclasses, so the CLI and
+the Python API cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+
+logger = logging.getLogger("slimformer.cli")
+
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _method_fields() -> dict[str, dataclasses.Field]:
+    """Union of all method config fields (first definition wins for help/type)."""
+    from .methods import METHODS
+
+    fields: dict[str, dataclasses.Field] = {}
+    for spec in METHODS.values():
+        for f in dataclasses.fields(spec.config_cls):
+            fields.setdefault(f.name, f)
+    return fields
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("method options (from the method config dataclasses)")
+    for name, f in _method_fields().items():
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool):
+            group.add_argument(_flag(name), dest=name, action="store_true", default=None, help=f"(default {default})")
+        else:
+            typ = type(default) if default is not None else float
+            group.add_argument(_flag(name), dest=name, type=typ, default=None, help=f"(default {default})")
+
+
+def build_method_config(method: str, args: argparse.Namespace) -> Any:
+    """Instantiate the method's config from the parsed options (validates on construction)."""
+    from .methods import get_method
+
+    spec = get_method(method)
+    own = {f.name for f in dataclasses.fields(spec.config_cls)}
+    given = {n: getattr(args, n) for n in _method_fields() if getattr(args, n, None) is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        raise ValueError(f"option(s) {', '.join(_flag(n) for n in foreign)} do not apply to method {method}")
+    missing = [
+        f.name for f in dataclasses.fields(spec.config_cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in given
+    ]
+    if missing:
+        raise ValueError(f"method {method} needs {', '.join(_flag(n) for n in missing)}")
+    return spec.config_cls(**given)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .methods import method_names
+
+    p = argparse.ArgumentParser(prog="slimformer", description="Structured width compression of causal LLMs.")
+    p.add_argument("--version", action="version", version=f"slimformer {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress a model and save it")
+    c.add_argument("model", help="hub id or local model directory")
+    c.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
+    c.add_argument("--calib", help="calibration text: local .txt/.raw/.jsonl file or wikitext2|ptb|c4|alpaca")
+    c.add_argument("--calib-split", default=None, help="split of a hub dataset (default: train)")
+    c.add_argument("--calib-samples", type=int, default=128, help="number of calibration windows (default 128)")
+    c.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    c.add_argument("--device", default="cpu", help="compute device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    c.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="load dtype (default: the checkpoint's)")
+    c.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward (default 8)")
+    c.add_argument("--offload-activations", action="store_true", help="keep cached activations on CPU")
+    c.add_argument("--out", help="output directory (written atomically)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    c.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_method_options(c)
+
+    e = sub.add_parser("eval", help="evaluate a dense or compressed model")
+    e.add_argument("model", help="hub id, local model directory, or slimformer output directory")
+    e.add_argument("--ppl", required=True, help="text for perplexity: local file or wikitext2|ptb|c4")
+    e.add_argument("--ppl-split", default=None, help="split of a hub dataset (default: test)")
+    e.add_argument("--seqlen", type=int, default=2048, help="window length (default 2048)")
+    e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: non-overlapping)")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", choices=DTYPE_CHOICES, default=None)
+    e.add_argument("--json", dest="json_out", help="write the result as JSON to this file")
+    e.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .api import compress, load_model
+    from .data import load, load_text
+    from .io.format import check_output_dir
+
+    config = build_method_config(args.method, args)  # validates sparsity etc. before any work
+    if args.out:
+        check_output_dir(args.out, args.overwrite)
+    if not args.calib:
+        raise ValueError(f"method {args.method} needs calibration data: pass --calib FILE_OR_NAME")
+    source = load_text(args.calib, split=args.calib_split)  # fails fast on a missing file
+    model, tok = load_model(args.model, dtype=args.dtype)
+    if tok is None:
+        raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
+    calib = load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+    result = compress(
+        model, config, calib, device=args.device, batch_size=args.batch_size,
+        offload_activations=args.offload_activations, progress=not args.no_progress,
+        tokenizer=tok, seed=args.seed,
+    )
+    r = result.report
+    print(
+        f"{r['method']}: params {r['params_before']:,} -> {r['params_after']:,} "
+        f"({100 * r['removed_fraction']:.2f}% removed) in {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
+    )
+    if args.out:
+        out = result.save(args.out, overwrite=args.overwrite)
+        print(f"saved to {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .api import load_model
+    from .data import load_text
+    from .eval import perplexity
+
+    source = load_text(args.ppl, split=args.ppl_split or ("test" if not Path(args.ppl).exists() else None))
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+    if tok is None:
+        raise ValueError(f"no tokenizer found for {args.model}")
+    res = perplexity(
+        model, tok, source, seqlen=args.seqlen, batch_size=args.batch_size, max_tokens=args.max_tokens,
+        stride=args.stride, device=args.device, progress=not args.no_progress,
+    )
+    print(f"perplexity {res.ppl:.4f} on {res.tokens:,} tokens of {res.data} (seqlen {res.seqlen})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``slimformer`` command. Errors are one line on stderr, exit code 2."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    commands = {"compress": _cmd_compress, "eval": _cmd_eval}
+    from .arch import UnsupportedModelError
+    from .io.modeling_slimformer import SlimformerFormatError
+
+    try:
+        return commands[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, UnsupportedModelError,
+            SlimformerFormatError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"slimformer: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Exact, method-free transforms of a model (fusion, rotation, deletion, plans)."""

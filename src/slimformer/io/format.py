@@ -1,0 +1,195 @@
+"""The saved format: a first-class Hugging Face checkpoint directory.
+
+``DIR/``
+  ``model.safetensors`` (or shards + ``model.safetensors.index.json``)
+  ``config.json``           base config + ``"slimformer"`` section + ``auto_map``
+  ``modeling_slimformer.py`` self-contained runtime (torch + transformers only)
+  ``generation_config.json``, tokenizer files, ``slimformer_report.json``
+
+Writes are atomic: everything goes to a temporary sibling directory which is
+renamed into place at the end, so an interrupted save leaves no half directory.
+No pickle is read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..core.plan import FORMAT_VERSION
+from . import modeling_slimformer as runtime
+from .modeling_slimformer import SlimformerFormatError, load_compressed
+
+logger = logging.getLogger("slimformer.io")
+
+MODELING_FILE = Path(runtime.__file__).name
+AUTO_MAP = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.SlimformerForCausalLM"}
+DEFAULT_MAX_SHARD_BYTES = 4 * 1024**3
+
+
+class OutputExistsError(FileExistsError):
+    """The output directory exists and is not empty."""
+
+
+def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early (before any work) if ``out`` exists, is not empty, and overwrite is off."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
+    return out
+
+
+def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    return shards
+
+
+def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> int:
+    """Write safetensors (sharded with the standard index above ``max_shard_bytes``); returns bytes."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    shards = _shards(state, max_shard_bytes)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / runtime.WEIGHTS_NAME), metadata=meta)
+        return total
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / name), metadata=meta)
+        weight_map.update({k: name for k in shard})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / runtime.WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return total
+
+
+def _write_config(model: nn.Module, directory: Path, section: dict[str, Any]) -> None:
+    cfg = model.config.to_dict()
+    cfg["slimformer"] = section
+    cfg["auto_map"] = dict(AUTO_MAP)
+    cfg["tie_word_embeddings"] = False
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _commit_dir(tmp: Path, out: Path) -> None:
+    """Move the finished temporary directory into place (replacing ``out`` if allowed)."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, trash / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def save_compressed(
+    model: nn.Module,
+    out: str | os.PathLike,
+    section: dict[str, Any],
+    report: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Write a compressed model atomically.
+
+    Args:
+        section: the ``"slimformer"`` config section (must contain ``plan``).
+        report: written to ``slimformer_report.json``.
+        tokenizer: saved alongside when given.
+    """
+    out = check_output_dir(out, overwrite).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    section = {"format_version": FORMAT_VERSION, **section}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        nbytes = write_weights(model.state_dict(), tmp, max_shard_bytes)
+        _write_config(model, tmp, section)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        shutil.copyfile(runtime.__file__, tmp / MODELING_FILE)
+        if report is not None:
+            (tmp / "slimformer_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        _commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved compressed model to %s (%.2f MB of weights)", out, nbytes / 2**20)
+    return out
+
+
+def is_compressed_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory whose config.json has a ``"slimformer"`` section."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return "slimformer" in json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise SlimformerFormatError(f"{cfg} is not valid JSON: {exc}") from exc
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # a model without tokenizer files is still usable
+        logger.warning("no tokenizer loaded from %s: %s", path, exc)
+        return None
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a dense HF model (hub id or local dir) or a slimformer-compressed dir.
+
+    Returns ``(model, tokenizer)``; the model is in eval mode. ``dtype`` may be a
+    torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"float16"``).
+    """
+    name = str(name_or_path)
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16", "float64"):
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        dtype = getattr(torch, dtype)
+    if os.path.isdir(name) and is_compressed_dir(name):
+        model = load_compressed(name, dtype=dtype, device=device)
+        return model, _load_tokenizer(name)
+    if not os.path.isdir(name) and (name.startswith((".", "/", "~")) or Path(name).suffix):
+        raise FileNotFoundError(f"model directory not found: {name}")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto")
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"cannot load model {name!r}: not a local model directory, and the hub copy is unavailable ({exc})"
+        ) from exc
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, _load_tokenizer(name)

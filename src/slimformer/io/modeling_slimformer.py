@@ -1,0 +1,385 @@
+"""Runtime modules of a slimformer-compressed model.
+
+This file is self-contained on purpose: it depends only on ``torch`` (and, for
+loading, ``transformers``), so it can be copied next to a saved model and used
+through ``trust_remote_code`` by people who do not have slimformer installed.
+slimformer itself imports its runtime modules from here, so there is a single
+source of truth for how a compressed block computes.
+
+A compressed decoder block keeps the Hugging Face attention / MLP modules of the
+base architecture (with narrower weights) and replaces the block's own forward:
+
+    sequential (Llama, OPT, Qwen, Mistral):
+        h   = x  @ S_attn + Attn(norm_a(x))          # x: [b, t, d_in],  h: [b, t, d_mid]
+        out = h  @ S_mlp  + MLP(norm_m(h))           # out: [b, t, d_out]
+    parallel (Phi-2):
+        out = x @ S + Attn(norm(x)) + MLP(norm(x))   # x: [b, t, d_in], out: [b, t, d_out]
+
+``S_*`` are the residual shortcut matrices (``None`` means identity) needed when
+the residual stream is expressed in different orthogonal bases before and after
+a sublayer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.functional.relu,
+    "gelu": nn.functional.gelu,
+    "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "silu": nn.functional.silu,
+}
+
+
+class SlimRMSNorm(nn.Module):
+    """Weightless RMS normalisation of a (possibly sliced) residual stream.
+
+    ``y = x / sqrt(sum(x**2) / full_width + eps)``: the sum of squares is divided by
+    the *original* model width so a stream whose small principal components were
+    deleted keeps its scale. The norm's learned scale/bias live in the next linears.
+
+    Shapes: x ``[..., width]`` -> ``[..., width]``.
+    """
+
+    def __init__(self, width: int, full_width: int, eps: float) -> None:
+        super().__init__()
+        self.width = int(width)
+        self.full_width = int(full_width)
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float()
+        ms = xf.pow(2).sum(-1, keepdim=True) / self.full_width
+        return (xf * torch.rsqrt(ms + self.eps)).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, full_width={self.full_width}, eps={self.eps}"
+
+
+def make_shortcut(d_in: int, d_out: int, dtype: torch.dtype | None = None, device: Any = None) -> nn.Linear:
+    """A bias-free linear map ``[.., d_in] -> [.., d_out]`` used as a residual shortcut."""
+    return nn.Linear(d_in, d_out, bias=False, dtype=dtype, device=device)
+
+
+class SlimBlock(nn.Module):
+    """A decoder block whose residual stream may change width/basis between sublayers.
+
+    Args:
+        layout: names of the submodules, as in the base Hugging Face block, e.g.
+            ``{"attn_norm": "input_layernorm", "attn": "self_attn",
+            "mlp_norm": "post_attention_layernorm", "mlp": "mlp"}``; for models
+            without an MLP module (OPT) ``"mlp": None, "fc_in": "fc1",
+            "fc_out": "fc2", "act": "relu"``. ``mlp_norm`` is ``None`` for a
+            parallel block.
+        modules: the submodules named in ``layout``.
+        attn_shortcut: optional map of the residual around attention
+            (``[d_in] -> [d_mid]``); for parallel blocks the only shortcut.
+        mlp_shortcut: optional map of the residual around the MLP
+            (``[d_mid] -> [d_out]``), sequential blocks only.
+    """
+
+    def __init__(
+        self,
+        layout: dict[str, Any],
+        modules: dict[str, nn.Module],
+        attn_shortcut: nn.Linear | None = None,
+        mlp_shortcut: nn.Linear | None = None,
+    ) -> None:
+        super().__init__()
+        self.layout = dict(layout)
+        self.parallel = layout.get("mlp_norm") is None
+        for name, module in modules.items():
+            setattr(self, name, module)
+        self.attn_shortcut = attn_shortcut
+        self.mlp_shortcut = mlp_shortcut
+        if self.parallel and mlp_shortcut is not None:
+            raise ValueError("a parallel block has a single shortcut (attn_shortcut)")
+        act = layout.get("act")
+        self._act = ACTIVATIONS[act] if act else None
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        if lay.get("mlp"):
+            return getattr(self, lay["mlp"])(h)
+        return getattr(self, lay["fc_out"])(self._act(getattr(self, lay["fc_in"])(h)))
+
+    def _attn(self, h: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        out = getattr(self, self.layout["attn"])(hidden_states=h, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    @staticmethod
+    def _shortcut(x: torch.Tensor, shortcut: nn.Linear | None) -> torch.Tensor:
+        return x if shortcut is None else shortcut(x)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # hidden_states: [batch, seq, d_in]
+        if args:
+            raise TypeError("SlimBlock expects keyword arguments after hidden_states")
+        lay = self.layout
+        normed = getattr(self, lay["attn_norm"])(hidden_states)
+        attn_out = self._attn(normed, kwargs)
+        if self.parallel:
+            # out: [batch, seq, d_out]
+            return self._shortcut(hidden_states, self.attn_shortcut) + attn_out + self._mlp(normed)
+        mid = self._shortcut(hidden_states, self.attn_shortcut) + attn_out  # [batch, seq, d_mid]
+        mlp_out = self._mlp(getattr(self, lay["mlp_norm"])(mid))
+        return self._shortcut(mid, self.mlp_shortcut) + mlp_out  # [batch, seq, d_out]
+
+
+# ----------------------------------------------------------------------------------
+# Loading a saved compressed model (used by slimformer.load_model *and* by
+# AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)).
+# ----------------------------------------------------------------------------------
+
+import contextlib
+import json
+import os
+
+SUPPORTED_FORMAT_VERSIONS = (1,)
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+class SlimformerFormatError(ValueError):
+    """A saved compressed model is missing, corrupt, or of an unsupported format."""
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split(".") if path else []:
+        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def _set(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = _get(root, parent_path)
+    if name.isdigit():
+        parent[int(name)] = new
+    else:
+        setattr(parent, name, new)
+
+
+@contextlib.contextmanager
+def _params_on_meta():
+    """Create parameters on the meta device (buffers such as rotary tables stay real)."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None:
+            kwargs = {"requires_grad": param.requires_grad}
+            module._parameters[name] = nn.Parameter(module._parameters[name].to("meta"), **kwargs)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def read_header_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the safetensors header(s) of a saved directory (no data read)."""
+    from safetensors import safe_open
+
+    files = weight_files(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as sf:
+                for key in sf.keys():
+                    shapes[key] = tuple(sf.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own error types
+            raise SlimformerFormatError(f"cannot read {f}: {exc} (file truncated or corrupt?)") from exc
+    return shapes
+
+
+def weight_files(path: str) -> list[str]:
+    """The safetensors files of a saved directory (single file or sharded with an index)."""
+    index = os.path.join(path, WEIGHTS_INDEX_NAME)
+    if os.path.exists(index):
+        with open(index) as fh:
+            weight_map = json.load(fh)["weight_map"]
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not os.path.exists(os.path.join(path, f))]
+        if missing:
+            raise SlimformerFormatError(f"missing weight shard(s) {missing} listed in {index}")
+        return [os.path.join(path, f) for f in files]
+    single = os.path.join(path, WEIGHTS_NAME)
+    if not os.path.exists(single):
+        raise SlimformerFormatError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {path}")
+    return [single]
+
+
+def _resize_to_checkpoint(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give every Linear/Embedding the shape (and bias) the checkpoint has (on meta)."""
+    for name, mod in list(model.named_modules()):
+        prefix = f"{name}." if name else ""
+        key = f"{prefix}weight"
+        if isinstance(mod, nn.Linear) and key in shapes:
+            out_f, in_f = shapes[key]
+            has_bias = f"{prefix}bias" in shapes
+            if (out_f, in_f) != tuple(mod.weight.shape) or has_bias != (mod.bias is not None):
+                _set(model, name, nn.Linear(in_f, out_f, bias=has_bias, device="meta", dtype=mod.weight.dtype))
+        elif isinstance(mod, nn.Embedding) and key in shapes:
+            num, dim = shapes[key]
+            if (num, dim) != tuple(mod.weight.shape):
+                mod.weight = nn.Parameter(torch.empty(num, dim, device="meta", dtype=mod.weight.dtype))
+                mod.num_embeddings, mod.embedding_dim = num, dim
+
+
+def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
+    """Turn a freshly built base model into the block structure described by ``plan``."""
+    paths = plan["paths"]
+    d = int(plan["full_width"])
+    layout = plan["layout"]
+    layers = _get(model, paths["layers"])
+    if len(layers) != len(plan["blocks"]):
+        raise SlimformerFormatError(f"plan has {len(plan['blocks'])} blocks but the config builds {len(layers)}")
+    for i, bp in enumerate(plan["blocks"]):
+        layer = layers[i]
+        names = [layout["attn_norm"], layout["attn"]]
+        names += [layout["mlp_norm"]] if layout.get("mlp_norm") else []
+        names += [layout["mlp"]] if layout.get("mlp") else [layout["fc_in"], layout["fc_out"]]
+        modules = {n: _get(layer, n) for n in names}
+        modules[layout["attn_norm"]] = SlimRMSNorm(bp["d_in"], d, norm_eps)
+        if layout.get("mlp_norm"):
+            modules[layout["mlp_norm"]] = SlimRMSNorm(bp["d_mid"], d, norm_eps)
+        after_attn = bp["d_out"] if bp["d_mid"] is None else bp["d_mid"]
+        attn_sc = make_shortcut(bp["d_in"], after_attn, device="meta") if bp["attn_shortcut"] else None
+        mlp_sc = make_shortcut(bp["d_mid"], bp["d_out"], device="meta") if bp["mlp_shortcut"] else None
+        layers[i] = SlimBlock(layout, modules, attn_shortcut=attn_sc, mlp_shortcut=mlp_sc)
+    _set(model, paths["final_norm"], SlimRMSNorm(plan["head_width"], d, norm_eps))
+
+
+def validate_plan(plan: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Check the plan's widths against the checkpoint's tensor shapes; name the offending tensor."""
+    paths = plan["paths"]
+
+    def expect(key: str, shape: tuple[int, ...]) -> None:
+        if key not in shapes:
+            raise SlimformerFormatError(f"tensor {key} is missing from the checkpoint (truncated or missing shard?)")
+        if tuple(shapes[key]) != tuple(shape):
+            raise SlimformerFormatError(f"tensor {key} has shape {list(shapes[key])}, the plan says {list(shape)}")
+
+    for i, bp in enumerate(plan["blocks"]):
+        pre = f"{paths['layers']}.{i}."
+        after_attn = bp["d_out"] if bp["d_mid"] is None else bp["d_mid"]
+        mlp_in = bp["d_in"] if bp["d_mid"] is None else bp["d_mid"]
+        expect(pre + paths["q"] + ".weight", (bp["q_out"], bp["d_in"]))
+        expect(pre + paths["k"] + ".weight", (bp["k_out"], bp["d_in"]))
+        expect(pre + paths["v"] + ".weight", (bp["v_out"], bp["d_in"]))
+        expect(pre + paths["up"] + ".weight", (bp["mlp_width"], mlp_in))
+        expect(pre + paths["down"] + ".weight", (bp["d_out"], bp["mlp_width"]))
+        if paths.get("gate"):
+            expect(pre + paths["gate"] + ".weight", (bp["mlp_width"], mlp_in))
+        o_key = pre + paths["o"] + ".weight"
+        if o_key in shapes and shapes[o_key][0] != after_attn:
+            raise SlimformerFormatError(f"tensor {o_key} has shape {list(shapes[o_key])}, the plan says {after_attn} rows")
+        if bp["attn_shortcut"]:
+            expect(pre + "attn_shortcut.weight", (after_attn, bp["d_in"]))
+        if bp["mlp_shortcut"]:
+            expect(pre + "mlp_shortcut.weight", (bp["d_out"], bp["d_mid"]))
+    expect(paths["embed"] + ".weight", (shapes.get(paths["embed"] + ".weight", (0,))[0], plan["embed_width"]))
+    expect(paths["head"] + ".weight", (shapes.get(paths["head"] + ".weight", (0,))[0], plan["head_width"]))
+
+
+def _load_state_dict(path: str, dtype: torch.dtype | None, device: Any) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in weight_files(path):
+        try:
+            part = load_file(f, device=str(device) if device is not None else "cpu")
+        except Exception as exc:
+            raise SlimformerFormatError(f"cannot read {f}: {exc} (file truncated or corrupt?)") from exc
+        for k, v in part.items():
+            state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return state
+
+
+def slim_section(config: Any) -> dict[str, Any]:
+    """The ``"slimformer"`` section of a config, checked for a supported format version."""
+    section = getattr(config, "slimformer", None)
+    if not isinstance(section, dict) or "plan" not in section:
+        raise SlimformerFormatError("config.json has no valid 'slimformer' section: not a slimformer model")
+    version = section.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise SlimformerFormatError(
+            f"slimformer format_version {version!r} is not supported by this loader "
+            f"(supports {list(SUPPORTED_FORMAT_VERSIONS)}); upgrade slimformer"
+        )
+    return section
+
+
+def load_compressed(path: str, config: Any = None, dtype: Any = None, device: Any = None) -> nn.Module:
+    """Build the compressed model from its plan on the meta device and assign the saved weights.
+
+    Peak memory is about one copy of the weights. ``dtype``: optional torch dtype
+    (or its name) to cast floating weights to; ``device``: where to put them.
+    """
+    import transformers
+    from transformers import AutoConfig
+
+    if not os.path.isdir(path):
+        raise SlimformerFormatError(f"not a directory: {path}")
+    if config is None:
+        config = AutoConfig.from_pretrained(path)
+    section = slim_section(config)
+    plan = section["plan"]
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    shapes = read_header_shapes(path)
+    validate_plan(plan, shapes)
+    cls = getattr(transformers, plan["architecture"])
+    with _params_on_meta():
+        model = cls(config)
+    apply_plan(model, plan, float(plan["norm_eps"]))
+    _resize_to_checkpoint(model, shapes)
+    state = _load_state_dict(path, dtype, device)
+    expected = set(model.state_dict().keys())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing:
+        raise SlimformerFormatError(f"tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)")
+    if unexpected:
+        raise SlimformerFormatError(f"unexpected tensor {unexpected[0]} in the checkpoint ({len(unexpected)} unexpected)")
+    model.load_state_dict(state, strict=True, assign=True)
+    if device is not None:
+        model.to(device)  # buffers (rotary tables) follow the weights
+    model.eval()
+    return model
+
+
+try:  # the dispatcher class AutoModelForCausalLM resolves through config.auto_map
+    from transformers import PreTrainedModel as _PreTrainedModel
+
+    class SlimformerForCausalLM(_PreTrainedModel):
+        """Entry point for ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``.
+
+        It returns an instance of the *base* architecture class (e.g.
+        ``LlamaForCausalLM``) whose blocks are :class:`SlimBlock` s, so
+        ``generate()`` and every other transformers feature keep working.
+        """
+
+        @classmethod
+        def from_pretrained(cls, pretrained_model_name_or_path: str, *args: Any, config: Any = None, **kwargs: Any):
+            path = str(pretrained_model_name_or_path)
+            if not os.path.isdir(path):
+                from huggingface_hub import snapshot_download
+
+                path = snapshot_download(path)
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            dtype = None if dtype == "auto" else dtype
+            device = kwargs.get("device_map")
+            device = device if isinstance(device, (str, torch.device)) and device != "auto" else None
+            return load_compressed(path, config=config, dtype=dtype, device=device)
+
+except ImportError:  # pragma: no cover - transformers is required to load through HF
+    pass

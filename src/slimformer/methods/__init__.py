@@ -1,0 +1,34 @@
+"""Method registry: one config dataclass + one apply function per method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import MethodSpec, Runtime
+from .slicegpt import SliceGPTConfig, apply_slicegpt
+
+METHODS: dict[str, MethodSpec] = {
+    "slicegpt": MethodSpec("slicegpt", SliceGPTConfig, apply_slicegpt),
+}
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """Registry lookup with a clear error listing the known methods."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(method_names())}")
+    return METHODS[name]
+
+
+def spec_for_config(config: Any) -> MethodSpec:
+    """The registry entry whose config class ``config`` is an instance of."""
+    for spec in METHODS.values():
+        if isinstance(config, spec.config_cls):
+            return spec
+    raise TypeError(f"{type(config).__name__} is not a registered method config")
+
+
+__all__ = ["METHODS", "MethodSpec", "Runtime", "SliceGPTConfig", "get_method", "method_names", "spec_for_config"]

@@ -1,0 +1,40 @@
+"""What every method shares: runtime options and the registry entry shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..arch import ArchAdapter
+
+
+@dataclass
+class Runtime:
+    """How to run a method (not *what* it computes).
+
+    Attributes:
+        device: compute device for the block being processed.
+        batch_size: calibration windows per forward.
+        offload_activations: keep cached activations on CPU between blocks.
+        progress: show per-layer progress bars.
+    """
+
+    device: torch.device
+    batch_size: int = 8
+    offload_activations: bool = False
+    progress: bool = True
+
+
+# apply(model, adapter, config, calib_ids [N, T], runtime) -> method-specific report fields
+ApplyFn = Callable[[nn.Module, ArchAdapter, Any, torch.Tensor, Runtime], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type
+    apply: ApplyFn
+    needs_calibration: bool = True
