@@ -225,8 +225,8 @@ def _score(
     n_batches = math.ceil(len(windows) / batch_size)
     try:
         with torch.inference_mode(), _no_kv_cache(model):
-            bar = tqdm(_batches(windows, batch_size), total=n_batches, desc="perplexity", disable=not progress)
-            for batch in bar:
+            batches = _batches(windows, batch_size)
+            for batch in tqdm(batches, total=n_batches, desc="perplexity", disable=not progress):
                 inputs = torch.stack([ids[w.start : w.start + seqlen] for w in batch]).to(device)
                 logits = model(input_ids=inputs).logits
                 for row, window in enumerate(batch):
