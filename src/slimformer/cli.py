@@ -106,6 +106,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_architecture(name: str) -> None:
+    """Fail before loading weights when the model family is unsupported."""
+    from transformers import AutoConfig
+
+    from .arch import get_adapter
+
+    if Path(name).expanduser().exists() and not (Path(name).expanduser() / "config.json").is_file():
+        raise FileNotFoundError(f"{name} has no config.json: not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return  # load_model reports missing/unreadable models with its own message
+    get_adapter(config)
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .api import compress, load_model
     from .data import load, load_text
@@ -117,6 +132,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if not args.calib:
         raise ValueError(f"method {args.method} needs calibration data: pass --calib FILE_OR_NAME")
     source = load_text(args.calib, split=args.calib_split)  # fails fast on a missing file
+    _check_architecture(args.model)  # before loading any weights
     model, tok = load_model(args.model, dtype=args.dtype)
     if tok is None:
         raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
@@ -160,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slimformer`` command. Errors are one line on stderr, exit code 2."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # slimformer shows its own per-layer progress
     commands = {"compress": _cmd_compress, "eval": _cmd_eval}
     from .arch import UnsupportedModelError
     from .io.modeling_slimformer import SlimformerFormatError
