@@ -170,3 +170,63 @@ def test_save_refuses_non_empty_dir_and_is_atomic(tmp_path: Path, monkeypatch: p
     with pytest.raises(OSError, match="disk full"):
         result.save(tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]  # no half directory, no temp left
+
+
+def test_generate_after_load_matches_stepwise_argmax(saved_llama: tuple[Path, torch.Tensor]) -> None:
+    out, _ = saved_llama
+    model, _ = sf.load_model(out)
+    prompt = _probe()[:1, :5]
+    gen = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(6):
+            ids = torch.cat([ids, model(input_ids=ids, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(gen, ids)
+
+
+def test_info_command(saved_llama: tuple[Path, torch.Tensor], capsys: pytest.CaptureFixture) -> None:
+    from slimformer.cli import main
+
+    out, _ = saved_llama
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "slicegpt" in text and "format_version  1" in text and "% removed" in text
+    assert text.count("\n    ") >= 2  # one table row per layer
+    assert main(["info", str(out.parent)]) == 2
+    assert "not a slimformer output directory" in capsys.readouterr().err
+
+
+def test_plain_export_refused_for_rotated_model(tmp_path: Path) -> None:
+    from slimformer.io.format import PlainExportError
+
+    result = sf.compress(make_model("llama"), sf.SliceGPTConfig(sparsity=0.25), _calib(), progress=False)
+    with pytest.raises(PlainExportError, match="residual stream was rotated"):
+        result.save(tmp_path / "plain", plain=True)
+    assert not (tmp_path / "plain").exists()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("family", ["llama", "opt", "phi"])
+def test_plain_export_of_uniform_mlp_width(tmp_path: Path, family: str, tied: bool) -> None:
+    """Uniform MLP-width pruning saves as an ordinary HF config that loads without remote code."""
+    from transformers import AutoModelForCausalLM
+
+    from slimformer.arch import get_adapter
+    from slimformer.core.plan import plan_from_model
+    from slimformer.core.shrink import keep_mlp_channels
+    from slimformer.io.format import save_compressed
+
+    model = make_model(family, tied)
+    adapter = get_adapter(model)
+    keep = torch.arange(0, 96, 2)  # 48 of 96 channels in every layer
+    for block in adapter.get_layers(model):
+        keep_mlp_channels(block, adapter, keep)
+    section = {"method": "manual-mlp", "plan": plan_from_model(model, adapter).to_dict()}
+    out = save_compressed(model, tmp_path / family, section, plain=True)
+    assert not (out / "modeling_slimformer.py").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert "auto_map" not in cfg and cfg[adapter.mlp_width_config_attr] == 48
+    plain = AutoModelForCausalLM.from_pretrained(out)  # no trust_remote_code
+    assert (_logits(plain, _probe()) - _logits(model, _probe())).abs().max().item() <= 1e-5
+    loaded, _ = sf.load_model(out)
+    assert (_logits(loaded, _probe()) - _logits(model, _probe())).abs().max().item() <= 1e-5

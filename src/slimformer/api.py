@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import resource
@@ -51,16 +52,21 @@ class CompressionResult:
     section: dict[str, Any] = field(default_factory=dict)
     tokenizer: Any = None
 
-    def save(self, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False) -> str:
-        """Save as a Hugging Face directory (see :mod:`slimformer.io.format`)."""
+    def save(self, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False, plain: bool = False) -> str:
+        """Save as a Hugging Face directory (see :mod:`slimformer.io.format`).
+
+        ``plain=True`` writes an ordinary config that loads without remote code, or
+        raises :class:`~slimformer.io.format.PlainExportError` saying why it cannot.
+        """
         tok = tokenizer if tokenizer is not None else self.tokenizer
-        return str(save_compressed(self.model, out, self.section, self.report, tok, overwrite=overwrite))
+        return str(save_compressed(self.model, out, self.section, self.report, tok, overwrite=overwrite, plain=plain))
 
 
 def _calib_tensor(calib: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     """Accept CalibData or a ``[N, T]`` LongTensor; return ids and the data identity."""
     if isinstance(calib, torch.Tensor):
-        ids, ident = calib, {"name": "tensor", "samples": calib.shape[0], "seqlen": calib.shape[-1]}
+        digest = hashlib.sha256(calib.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()).hexdigest()
+        ids, ident = calib, {"name": "tensor", "sha256": digest, "samples": calib.shape[0], "seqlen": calib.shape[-1]}
     elif hasattr(calib, "input_ids"):
         ids, ident = calib.input_ids, calib.identity()
     else:

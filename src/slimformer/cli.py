@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_method_options(c)
 
+    i = sub.add_parser("info", help="show the plan, parameters and provenance of a saved model")
+    i.add_argument("dir", help="slimformer output directory")
+    i.add_argument("--json", dest="json_out", action="store_true", help="print the raw slimformer section as JSON")
+
     e = sub.add_parser("eval", help="evaluate a dense or compressed model")
     e.add_argument("model", help="hub id, local model directory, or slimformer output directory")
     e.add_argument("--ppl", required=True, help="text for perplexity: local file or wikitext2|ptb|c4")
@@ -172,6 +176,55 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .io.format import read_section
+    from .io.modeling_slimformer import slim_section
+
+    path = Path(args.dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"directory not found: {path}")
+    section = read_section(path)
+    if section is None:
+        raise ValueError(f"{path} is not a slimformer output directory (no 'slimformer' section in config.json)")
+    slim_section(argparse.Namespace(slimformer=section))  # checks the format version
+    if args.json_out:
+        print(json.dumps(section, indent=2))
+        return 0
+    print(format_info(section))
+    return 0
+
+
+def format_info(section: dict[str, Any]) -> str:
+    """Human-readable summary of a saved model's ``"slimformer"`` section."""
+    prov = section.get("provenance", {})
+    plan = section["plan"]
+    before, after = prov.get("params_before"), prov.get("params_after")
+    lines = [
+        f"method          {section.get('method')}  {json.dumps(section.get('method_config', {}))}",
+        f"format_version  {section.get('format_version')}{'  (plain HF config)' if section.get('plain') else ''}",
+        f"architecture    {plan['architecture']} ({plan['model_type']}), width {plan['full_width']}, "
+        f"embedding {plan['embed_width']}, head input {plan['head_width']}",
+    ]
+    if before and after:
+        lines.append(f"parameters      {before:,} -> {after:,} ({100 * (1 - after / before):.2f}% removed)")
+    calib = prov.get("calibration") or {}
+    lines.append(f"calibration     {calib.get('name')} sha256 {str(calib.get('sha256'))[:16]}... "
+                 f"{calib.get('samples')} x {calib.get('seqlen')} seed {prov.get('seed')}")
+    lines.append(f"versions        slimformer {prov.get('slimformer')}, torch {prov.get('torch')}, "
+                 f"transformers {prov.get('transformers')}; base model {prov.get('base_model')}")
+    header = ("layer", "d_in", "d_mid", "d_out", "q/k/v out", "mlp", "shortcuts")
+    rows = [header] + [
+        (str(i), str(b["d_in"]), "-" if b["d_mid"] is None else str(b["d_mid"]), str(b["d_out"]),
+         f"{b['q_out']}/{b['k_out']}/{b['v_out']}", str(b["mlp_width"]),
+         ",".join(n for n, on in (("attn", b["attn_shortcut"]), ("mlp", b["mlp_shortcut"])) if on) or "-")
+        for i, b in enumerate(plan["blocks"])
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    lines.append("")
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slimformer`` command. Errors are one line on stderr, exit code 2."""
     args = _parser().parse_args(argv)
@@ -179,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # slimformer shows its own per-layer progress
-    commands = {"compress": _cmd_compress, "eval": _cmd_eval}
+    commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info}
     from .arch import UnsupportedModelError
     from .io.modeling_slimformer import SlimformerFormatError
 

@@ -62,6 +62,7 @@ class ArchAdapter:
             config field holding the activation.
         pos_embed: model-level path of learned positional embeddings (OPT).
         head: model-level path of the LM head.
+        mlp_width_config_attr: config field holding the MLP width (plain export).
         validate: optional check of the config raising UnsupportedModelError.
     """
 
@@ -83,6 +84,7 @@ class ArchAdapter:
     gate: str | None = None
     mlp: str | None = "mlp"
     act_config_attr: str | None = None
+    mlp_width_config_attr: str = "intermediate_size"
     pos_embed: str | None = None
     head: str = "lm_head"
     validate: Callable[[Any], None] | None = field(default=None, compare=False)

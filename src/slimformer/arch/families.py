@@ -75,6 +75,7 @@ OPT = ArchAdapter(
     down="fc2",
     mlp=None,
     act_config_attr="activation_function",
+    mlp_width_config_attr="ffn_dim",
     validate=_check_opt,
 )
 

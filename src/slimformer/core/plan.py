@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..arch import ArchAdapter, get_module
+from .fuse import norm_eps
 
 FORMAT_VERSION = 1
 
@@ -97,7 +98,7 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
     first = adapter.get_layers(model)[0]
     return ShapePlan(
         architecture=type(model).__name__,
-        norm_eps=float(get_module(first, adapter.attn_norm).eps),
+        norm_eps=norm_eps(get_module(first, adapter.attn_norm)),
         paths=adapter_paths(adapter),
         model_type=model.config.model_type,
         full_width=model.config.hidden_size,

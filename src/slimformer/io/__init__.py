@@ -1,6 +1,6 @@
-"""Saving and loading compressed models (safetensors + config.json + modeling file)."""
+"""Saving and loading compressed models (safetensors + config.json + modeling file).
 
-from .format import load_model, save_compressed
-from .modeling_slimformer import SlimformerFormatError
-
-__all__ = ["SlimformerFormatError", "load_model", "save_compressed"]
+``io.format`` holds the writer/loader; ``io.modeling_slimformer`` the self-contained
+runtime copied next to every saved model. (Imported lazily to keep ``core`` free of
+import cycles.)
+"""

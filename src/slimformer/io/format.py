@@ -40,6 +40,43 @@ class OutputExistsError(FileExistsError):
     """The output directory exists and is not empty."""
 
 
+class PlainExportError(ValueError):
+    """The compressed model cannot be described by an ordinary Hugging Face config."""
+
+
+def plain_config_changes(model: nn.Module) -> dict[str, Any]:
+    """Config fields that make a plain HF config describe ``model``, or raise saying why not.
+
+    Expressible: the original block structure (no rotated residual stream) with the
+    same MLP width in every layer and unchanged attention shapes.
+    """
+    from ..arch import get_adapter, get_module
+    from ..core.fuse import is_slim
+
+    adapter = get_adapter(model)
+    if is_slim(model, adapter):
+        raise PlainExportError(
+            "a plain config cannot express this model: its residual stream was rotated/sliced "
+            "(shortcut matrices, per-layer residual widths, norms folded into the linears); "
+            "save without plain=True - the directory then loads with trust_remote_code=True"
+        )
+    cfg = model.config
+    widths = sorted({get_module(b, adapter.up).out_features for b in adapter.get_layers(model)})
+    if len(widths) > 1:
+        raise PlainExportError(f"a plain config cannot express per-layer MLP widths {widths}: it has one "
+                               f"{adapter.mlp_width_config_attr}; save without plain=True")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    for i, block in enumerate(adapter.get_layers(model)):
+        shapes = [get_module(block, p).weight.shape for p in (adapter.q, adapter.k, adapter.v, adapter.o)]
+        expected = [(cfg.num_attention_heads * head_dim, cfg.hidden_size), (n_kv * head_dim, cfg.hidden_size),
+                    (n_kv * head_dim, cfg.hidden_size), (cfg.hidden_size, cfg.num_attention_heads * head_dim)]
+        if [tuple(s) for s in shapes] != expected:
+            raise PlainExportError(f"a plain config cannot express the attention shapes of layer {i}; "
+                                   "save without plain=True")
+    return {adapter.mlp_width_config_attr: widths[0]}
+
+
 def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     """Fail early (before any work) if ``out`` exists, is not empty, and overwrite is off."""
     out = Path(out)
@@ -82,16 +119,41 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_byt
     return total
 
 
-def _write_config(model: nn.Module, directory: Path, section: dict[str, Any]) -> None:
+def _untied_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without the head when it *is* the input embedding (HF re-ties it on load)."""
+    state = model.state_dict(keep_vars=True)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and emb is not None and head.weight is emb.weight:
+        name = next(k for k, v in state.items() if v is head.weight and not k.endswith("embed_tokens.weight"))
+        del state[name]
+    return state
+
+
+def _write_config(model: nn.Module, directory: Path, section: dict[str, Any], plain: dict[str, Any] | None) -> None:
     cfg = model.config.to_dict()
+    cfg["architectures"] = [type(model).__name__]
+    cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     cfg["slimformer"] = section
-    cfg["auto_map"] = dict(AUTO_MAP)
-    cfg["tie_word_embeddings"] = False
+    if plain is None:
+        cfg["auto_map"] = dict(AUTO_MAP)
+        cfg["tie_word_embeddings"] = False
+    else:
+        cfg.update(plain)
+        cfg.pop("auto_map", None)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _commit_dir(tmp: Path, out: Path) -> None:
-    """Move the finished temporary directory into place (replacing ``out`` if allowed)."""
+    """Move the finished temporary directory into place (replacing ``out`` if allowed).
+
+    ``mkdtemp`` (and safetensors) create private files; give them the usual
+    permissions first (0755 directories, 0644 files, minus the umask).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~umask)
     if out.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.rename(out, trash / out.name)
@@ -109,6 +171,7 @@ def save_compressed(
     tokenizer: Any = None,
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    plain: bool = False,
 ) -> Path:
     """Write a compressed model atomically.
 
@@ -116,20 +179,24 @@ def save_compressed(
         section: the ``"slimformer"`` config section (must contain ``plan``).
         report: written to ``slimformer_report.json``.
         tokenizer: saved alongside when given.
+        plain: write an ordinary HF config (no remote code) or raise
+            :class:`PlainExportError` saying why the model needs one.
     """
+    plain_changes = plain_config_changes(model) if plain else None
     out = check_output_dir(out, overwrite).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    section = {"format_version": FORMAT_VERSION, **section}
+    section = {"format_version": FORMAT_VERSION, **section, "plain": bool(plain)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        nbytes = write_weights(model.state_dict(), tmp, max_shard_bytes)
-        _write_config(model, tmp, section)
+        nbytes = write_weights(_untied_state(model), tmp, max_shard_bytes)
+        _write_config(model, tmp, section, plain_changes)
         gen = getattr(model, "generation_config", None)
         if gen is not None:
             gen.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        shutil.copyfile(runtime.__file__, tmp / MODELING_FILE)
+        if not plain:
+            shutil.copyfile(runtime.__file__, tmp / MODELING_FILE)
         if report is not None:
             (tmp / "slimformer_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         _commit_dir(tmp, out)
@@ -140,13 +207,13 @@ def save_compressed(
     return out
 
 
-def is_compressed_dir(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a directory whose config.json has a ``"slimformer"`` section."""
+def read_section(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``"slimformer"`` section of ``path/config.json``, or ``None`` for other models."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
-        return False
+        return None
     try:
-        return "slimformer" in json.loads(cfg.read_text())
+        return json.loads(cfg.read_text()).get("slimformer")
     except json.JSONDecodeError as exc:
         raise SlimformerFormatError(f"{cfg} is not valid JSON: {exc}") from exc
 
@@ -176,7 +243,8 @@ def load_model(
         if dtype not in ("float32", "bfloat16", "float16", "float64"):
             raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
-    if os.path.isdir(name) and is_compressed_dir(name):
+    section = read_section(name) if os.path.isdir(name) else None
+    if section is not None and not section.get("plain"):
         model = load_compressed(name, dtype=dtype, device=device)
         return model, _load_tokenizer(name)
     if not os.path.isdir(name) and (name.startswith((".", "/", "~")) or Path(name).suffix):
