@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
 
 CHILD = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 which, two_pass = sys.argv[2], sys.argv[3] == "1"
 import slimformer as sf
@@ -41,7 +41,8 @@ else:
                       num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048)
     model = LlamaForCausalLM(cfg).eval()
     calib = torch.randint(0, 32000, (32, 512), generator=torch.Generator().manual_seed(0))
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from slimformer.memory import rss_mb
+rss0 = rss_mb()
 t0 = time.perf_counter()
 r = sf.compress(model, sf.SliceGPTConfig(sparsity=0.25), calib, batch_size=8, progress=False)
 dt = time.perf_counter() - t0

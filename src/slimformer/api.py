@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from . import __version__
 from .arch import get_adapter
 from .core.plan import ShapePlan, plan_from_model
 from .io.format import load_model, save_compressed
+from .memory import peak_rss_mb
 from .methods import Runtime, spec_for_config
 
 logger = logging.getLogger("slimformer.api")
@@ -28,11 +28,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def count_params(model: nn.Module) -> int:
     """Number of distinct parameters (tied tensors once, shortcuts and untied heads included)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def peak_rss_mb() -> float:
-    """Process resident-memory high-water mark in MiB (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 @dataclass

@@ -91,13 +91,32 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_method_options(c)
 
+    b = sub.add_parser("bench", help="speed and memory of a model vs. a baseline, side by side")
+    b.add_argument("model", help="model to measure (usually a slimformer output directory)")
+    b.add_argument("--baseline", help="dense model to compare with (hub id or directory)")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--seqlen", type=int, default=128, help="prompt length for prefill (default 128)")
+    b.add_argument("--new-tokens", type=int, default=32, help="tokens decoded with the KV cache (default 32)")
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (fix it for stable numbers)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", choices=DTYPE_CHOICES, default=None)
+    b.add_argument("--json", dest="json_out", help="write the result as JSON to this file")
+
     i = sub.add_parser("info", help="show the plan, parameters and provenance of a saved model")
     i.add_argument("dir", help="slimformer output directory")
     i.add_argument("--json", dest="json_out", action="store_true", help="print the raw slimformer section as JSON")
 
     e = sub.add_parser("eval", help="evaluate a dense or compressed model")
     e.add_argument("model", help="hub id, local model directory, or slimformer output directory")
-    e.add_argument("--ppl", required=True, help="text for perplexity: local file or wikitext2|ptb|c4")
+    e.add_argument("--ppl", default=None, help="text for perplexity: local file or wikitext2|ptb|c4")
+    e.add_argument("--tasks", default=None,
+                   help="zero-shot lm-eval tasks, comma-separated: piqa,hellaswag,arc_easy,arc_challenge,winogrande")
+    e.add_argument("--tasks-data", default=None, metavar="DIR",
+                   help="local task data (layout of shared/data) instead of the hub (default: $SLIMFORMER_TASKS_DATA)")
+    e.add_argument("--limit", type=int, default=None, metavar="N", help="first N examples of each task (default: all)")
+    e.add_argument("--tasks-batch-size", type=int, default=8, help="lm-eval batch size for --tasks (default 8)")
     e.add_argument("--ppl-split", default=None, help="split of a hub dataset (default: test)")
     e.add_argument("--seqlen", type=int, default=2048, help="window length (default 2048)")
     e.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: non-overlapping)")
@@ -162,17 +181,73 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_text
     from .eval import perplexity
 
-    source = load_text(args.ppl, split=args.ppl_split or ("test" if not Path(args.ppl).exists() else None))
+    if not args.ppl and not args.tasks:
+        raise ValueError("eval needs --ppl TEXT and/or --tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande")
+    names, tasks_data = None, None
+    if args.tasks:  # validate tasks, --limit and --tasks-data before loading anything
+        from .eval.zeroshot import check_zero_shot_args
+
+        names, tasks_data = check_zero_shot_args(args.tasks, args.limit, args.tasks_batch_size, args.tasks_data)
+    elif args.limit is not None or args.tasks_data is not None:
+        raise ValueError("--limit and --tasks-data apply to --tasks only")
+    source = None
+    if args.ppl:
+        source = load_text(args.ppl, split=args.ppl_split or ("test" if not Path(args.ppl).exists() else None))
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     if tok is None:
         raise ValueError(f"no tokenizer found for {args.model}")
-    res = perplexity(
-        model, tok, source, seqlen=args.seqlen, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        stride=args.stride, device=args.device, progress=not args.no_progress,
-    )
-    print(f"perplexity {res.ppl:.4f} on {res.tokens:,} tokens of {res.data} (seqlen {res.seqlen})")
+    out: dict[str, Any] = {}
+    if source is not None:
+        res = perplexity(
+            model, tok, source, seqlen=args.seqlen, batch_size=args.batch_size, max_tokens=args.max_tokens,
+            stride=args.stride, device=args.device, progress=not args.no_progress,
+        )
+        print(f"perplexity {res.ppl:.4f} on {res.tokens:,} tokens of {res.data} (seqlen {res.seqlen})")
+        out.update(res.to_dict())
+    if names:
+        from .eval.zeroshot import format_table, zero_shot
+
+        zs = zero_shot(model, tok, names, limit=args.limit, batch_size=args.tasks_batch_size,
+                       tasks_data=tasks_data, device=args.device)
+        where = f"local data {tasks_data}" if tasks_data is not None else "hub datasets"
+        limit = f"first {args.limit} examples per task" if args.limit else "all examples"
+        print(f"zero-shot (lm-eval {zs['settings']['lm_eval_version']}, {where}, {limit}):")
+        print(format_table(zs))
+        out["zero_shot"] = zs
+    out["settings"] = {
+        "model": args.model, "device": args.device, "dtype": args.dtype,
+        "ppl": args.ppl, "ppl_split": args.ppl_split, "seqlen": args.seqlen, "stride": args.stride,
+        "batch_size": args.batch_size, "max_tokens": args.max_tokens,
+        "tasks": names, "tasks_data": str(tasks_data) if tasks_data is not None else None,
+        "limit": args.limit, "tasks_batch_size": args.tasks_batch_size,
+    }
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+        Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .api import load_model
+    from .eval.speed import SpeedSettings, compare_speed
+
+    settings = SpeedSettings(batch=args.batch, seqlen=args.seqlen, new_tokens=args.new_tokens,
+                             warmup=args.warmup, repeats=args.repeats, threads=args.threads)
+    models = {}
+    if args.baseline:
+        models["baseline"] = load_model(args.baseline, dtype=args.dtype, device=args.device)[0]
+    models["model"] = load_model(args.model, dtype=args.dtype, device=args.device)[0]
+    res = compare_speed(models, settings, device=args.device)
+    res["paths"] = {"model": args.model, "baseline": args.baseline}
+    for name, r in res["models"].items():
+        print(f"{name:9s} prefill {r['prefill_tokens_per_s']['median']:10.1f} tok/s   decode "
+              f"{r['decode_tokens_per_s']['median']:8.1f} tok/s ({r['decode_ms_per_token']['median']:.2f} ms/token)"
+              f"   params {r['params']:,} ({r['param_mb']:.1f} MB)")
+    if "speedup" in res:
+        sp = res["speedup"]
+        print(f"speed-up  prefill x{sp['prefill']:.3f}  decode x{sp['decode']:.3f}  "
+              f"(matmul FLOP ratio {sp['matmul_flop_ratio']:.3f})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 
@@ -232,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # slimformer shows its own per-layer progress
-    commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info}
+    commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench}
     from .arch import UnsupportedModelError
     from .io.modeling_slimformer import SlimformerFormatError
 

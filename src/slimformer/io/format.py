@@ -218,8 +218,14 @@ def read_section(path: str | os.PathLike) -> dict[str, Any] | None:
         raise SlimformerFormatError(f"{cfg} is not valid JSON: {exc}") from exc
 
 
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
+
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        return None  # a directory without tokenizer files (e.g. a test fixture)
 
     try:
         return AutoTokenizer.from_pretrained(path)

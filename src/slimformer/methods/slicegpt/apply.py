@@ -14,7 +14,7 @@ Departures from the official code, all on purpose:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -22,8 +22,10 @@ from torch import nn
 from ...arch import ArchAdapter
 from ...calib.residual import Point, rotate_and_slice
 from ...calib.runner import capture_block_inputs
+from ...calib.scores import LayerScores, block_scores
 from ...calib.stats import pca_basis
 from ...core.fuse import fuse
+from ...schedule import plan_schedule
 from ..base import Runtime
 from .config import SliceGPTConfig
 
@@ -33,11 +35,12 @@ logger = logging.getLogger("slimformer.methods.slicegpt")
 class PCAChooser:
     """Basis = top-``k`` eigenvectors of the (damped) covariance at each point.
 
-    ``widths`` maps a point to its kept width; the default is the same ``k``
-    everywhere. Records the fraction of the (undamped) energy kept per point.
+    ``width_of`` maps a :class:`Point` to its kept width (e.g.
+    :meth:`slimformer.core.params.ResidualWidths.of`). Records the fraction of the
+    (undamped) energy kept per point.
     """
 
-    def __init__(self, d: int, width_of: "callable", damping: float, slice_head: bool) -> None:
+    def __init__(self, d: int, width_of: Callable[[Point], int], damping: float, slice_head: bool) -> None:
         self.d = d
         self.width_of = width_of
         self.damping = damping
@@ -62,14 +65,52 @@ class PCAChooser:
 def apply_slicegpt(
     model: nn.Module, adapter: ArchAdapter, config: SliceGPTConfig, calib_ids: torch.Tensor, runtime: Runtime
 ) -> dict[str, Any]:
-    """Fuse norms, then rotate and slice every residual point with PCA (in place)."""
+    """Plan widths with the config's schedule, then fuse norms, rotate and slice (in place).
+
+    Steps: (1) if the schedule needs them, per-block BI/cosine scores from one
+    forward pass over ``calib_ids`` on the dense model; (2) per-point widths from
+    ``sparsity`` or, by bisection on the exact parameter count, ``target_params``
+    (:func:`slimformer.schedule.plan_schedule`); (3) fusion and one PCA
+    rotate-and-slice pass.
+
+    Returns report fields: ``schedule``, ``sparsity`` (mean slicing used),
+    ``layer_sparsity``, ``widths`` (per residual point), ``scores`` (when
+    computed), ``target_params`` ``{"requested", "achieved"}``, ``kept_width``
+    (uniform only) and ``kept_energy``.
+    """
     d = model.config.hidden_size
-    k = config.kept_width(d)
-    logger.info("SliceGPT: d=%d -> %d (sparsity %.3f)", d, k, config.sparsity)
+    schedule = config.make_schedule()
+    scores: LayerScores | None = None
+    if schedule.needs_scores:
+        scores = block_scores(
+            model, adapter, calib_ids, runtime.batch_size, runtime.device,
+            runtime.offload_activations, runtime.progress,
+        )
+    plan = plan_schedule(
+        model, adapter, schedule, scores.bi if scores is not None else None,
+        sparsity=config.sparsity, target_params=config.target_params,
+        round_to=config.resolved_round_to(), slice_head=config.slice_head,
+    )
+    widths = plan.widths
+    logger.info(
+        "SliceGPT (%s): d=%d, mean slicing %.4f, layer widths %s",
+        plan.schedule, d, plan.sparsity, list(plan.layer_widths),
+    )
     fuse(model, adapter)
     inputs = capture_block_inputs(
         model, adapter, calib_ids, runtime.batch_size, runtime.device, runtime.offload_activations
     )
-    chooser = PCAChooser(d, lambda p: k, config.damping, config.slice_head)
+    chooser = PCAChooser(d, widths.of, config.damping, config.slice_head)
     rotate_and_slice(model, adapter, inputs, chooser, runtime.device, runtime.progress)
-    return {"kept_width": k, "kept_energy": chooser.kept_energy}
+    report = plan.report()
+    after = sum(p.numel() for p in model.parameters())
+    if after != plan.params_after:  # the count is exact by construction; never silently misreport
+        logger.warning("predicted %d parameters, the compressed model has %d", plan.params_after, after)
+        if "target_params" in report:
+            report["target_params"]["achieved"] = 1.0 - after / plan.params_before
+    if plan.schedule == "uniform":
+        report["kept_width"] = widths.embed
+    if scores is not None:
+        report["scores"] = scores.to_dict()
+    report["kept_energy"] = chooser.kept_energy
+    return report

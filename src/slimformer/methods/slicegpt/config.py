@@ -1,48 +1,128 @@
-"""Configuration of SliceGPT."""
+"""Configuration of SliceGPT (and its non-uniform variants: layer-redundancy, global)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from ...schedule import DEFAULT_BASE_RATIO, Schedule, make_schedule, schedule_names
+
+#: ``round_to`` when none is given: SliceGPT's multiple of 8 for the uniform schedule
+#: driven by ``sparsity``; single dimensions otherwise (see :meth:`SliceGPTConfig.resolved_round_to`).
+UNIFORM_ROUND_TO = 8
+
+
+def _fraction(name: str, value: object, lo_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
+    v = float(value) if ok else float("nan")  # type: ignore[arg-type]
+    if not ok or not ((v > 0.0 if lo_open else v >= 0.0) and v < 1.0):
+        raise ValueError(f"{name} must be in {'(0' if lo_open else '[0'}, 1), got {value!r}")
+    return v
 
 
 @dataclass
 class SliceGPTConfig:
     """SliceGPT settings, with the published defaults.
 
+    Give exactly one of ``sparsity`` or ``target_params``.
+
     Attributes:
-        sparsity: fraction of the embedding dimension ``d`` to delete, in [0, 1)
-            (the paper's "slicing"; it removes fewer *parameters* than this).
-        round_to: the kept width ``int((1 - sparsity) * d)`` is rounded down to a
-            multiple of this (official code: ``--round-interval 8``).
+        sparsity: mean fraction of the embedding dimension ``d`` to delete, in
+            [0, 1) (the paper's "slicing"; it removes fewer *parameters* than this).
+        round_to: widths are multiples of this. ``None`` (default): 8 for the
+            uniform schedule given a ``sparsity`` (official ``--round-interval 8``,
+            kept width rounded *down*); 1 for the layer-redundancy and global
+            schedules (reference code: ``round((1 - FS_i) d)``) and whenever
+            ``target_params`` is given (a parameter count needs single-dimension
+            steps; pass 8 for hardware-friendly shapes on large models).
         damping: relative ridge added to each covariance before the
             eigendecomposition, ``damping * mean(diag C)`` (official code: 0.01).
         slice_head: also slice the last block's output / the head input
             (official default: False, head stays at full width).
+        schedule: how the slicing is spread over layers: ``uniform`` (SliceGPT),
+            ``layer-redundancy`` (Dumitru et al. 2024) or ``global`` (MoDeGPT's
+            softmax allocation). See :mod:`slimformer.schedule`.
+        slicing_base: layer-redundancy ``SB``, the slicing of the most important
+            layer, in [0, sparsity]; ``None`` = ``0.5 * sparsity``.
+        temperature: ``global`` softmax temperature on the BI scale (> 0).
+        max_layer_sparsity: ``global`` cap on any layer's slicing, in (0, 1).
+        target_params: fraction of the model's *parameters* to remove, in (0, 1):
+            the mean slicing is found by bisection on the exact parameter count
+            (untied head and shortcut matrices included).
     """
 
-    sparsity: float
-    round_to: int = 8
+    sparsity: float | None = None
+    round_to: int | None = None
     damping: float = 0.01
     slice_head: bool = False
+    schedule: str = "uniform"
+    slicing_base: float | None = None
+    temperature: float = 0.15
+    max_layer_sparsity: float = 0.8
+    target_params: float | None = None
 
     method = "slicegpt"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= float(self.sparsity) < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
-        if int(self.round_to) < 1:
-            raise ValueError(f"round_to must be >= 1, got {self.round_to!r}")
-        if float(self.damping) < 0:
+        if (self.sparsity is None) == (self.target_params is None):
+            raise ValueError(
+                "slicegpt needs exactly one of sparsity (--sparsity, fraction of the width d) "
+                "or target_params (--target-params, fraction of the parameters)"
+            )
+        if self.sparsity is not None:
+            self.sparsity = _fraction("sparsity", self.sparsity)
+        if self.target_params is not None:
+            self.target_params = _fraction("target_params", self.target_params, lo_open=True)
+        if self.round_to is not None:
+            r = self.round_to
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or float(r) != int(r) or int(r) < 1:
+                raise ValueError(f"round_to must be an integer >= 1, got {r!r}")
+            self.round_to = int(r)
+        if not float(self.damping) >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping!r}")
-        self.sparsity = float(self.sparsity)
+        if self.schedule not in schedule_names():
+            raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(schedule_names())}")
+        if self.slicing_base is not None:
+            if self.schedule != "layer-redundancy":
+                raise ValueError(f"slicing_base only applies to schedule 'layer-redundancy', not {self.schedule!r}")
+            self.slicing_base = _fraction("slicing_base", self.slicing_base)
+            if self.sparsity is not None and self.slicing_base > self.sparsity:
+                raise ValueError(
+                    f"slicing_base {self.slicing_base} must not exceed sparsity {self.sparsity} "
+                    "(the most important layer cannot be sliced more than the mean)"
+                )
+        self.make_schedule()  # validates temperature / max_layer_sparsity
+        if self.schedule == "global" and self.sparsity is not None and self.sparsity > self.max_layer_sparsity:
+            raise ValueError(f"sparsity {self.sparsity} exceeds max_layer_sparsity {self.max_layer_sparsity}")
+
+    def make_schedule(self) -> Schedule:
+        """The :class:`slimformer.schedule.Schedule` these settings describe."""
+        if self.schedule == "layer-redundancy":
+            return make_schedule(self.schedule, slicing_base=self.slicing_base)
+        if self.schedule == "global":
+            return make_schedule(self.schedule, temperature=self.temperature,
+                                 max_layer_sparsity=self.max_layer_sparsity)
+        return make_schedule(self.schedule)
+
+    def resolved_round_to(self) -> int:
+        """``round_to`` if given, else 8 for uniform+sparsity and 1 otherwise (see class docs)."""
+        if self.round_to is not None:
+            return int(self.round_to)
+        return UNIFORM_ROUND_TO if self.schedule == "uniform" and self.target_params is None else 1
 
     def kept_width(self, d: int) -> int:
-        """Width kept at every sliced point: ``int((1 - s) d)`` rounded down to ``round_to``."""
+        """Uniform schedule: width kept at every sliced point, ``int((1 - s) d)`` rounded down."""
+        if self.sparsity is None or self.schedule != "uniform":
+            raise ValueError("kept_width is defined for the uniform schedule with a given sparsity")
+        r = self.resolved_round_to()
         k = int((1.0 - self.sparsity) * d)
-        k -= k % int(self.round_to)
+        k -= k % r
         if k < 1:
             raise ValueError(
                 f"sparsity {self.sparsity} leaves no dimension of d={d} after rounding to a multiple "
-                f"of {self.round_to}; use a smaller sparsity or round_to"
+                f"of {r}; use a smaller sparsity or round_to"
             )
         return k
+
+
+__all__ = ["DEFAULT_BASE_RATIO", "SliceGPTConfig", "UNIFORM_ROUND_TO"]
