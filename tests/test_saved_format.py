@@ -69,10 +69,9 @@ def test_sliced_round_trip_and_report(saved_llama: tuple[Path, torch.Tensor]) ->
     assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in out.iterdir())  # no pickles
 
 
-def test_loads_with_plain_transformers_without_slimformer(saved_llama: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
-    out, ref = saved_llama
-    torch.save(ref, tmp_path / "ref.pt")  # only tensors, read back with weights_only
-    torch.save(_probe(), tmp_path / "ids.pt")
+def _remote_code_logits(out: Path, ids: torch.Tensor, work: Path) -> torch.Tensor:
+    """Logits of ``out`` loaded with plain transformers in a process where slimformer is not importable."""
+    torch.save(ids, work / "ids.pt")
     code = textwrap.dedent(
         f"""
         import importlib.util, sys
@@ -81,16 +80,41 @@ def test_loads_with_plain_transformers_without_slimformer(saved_llama: tuple[Pat
         import torch
         from transformers import AutoModelForCausalLM
         m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)
-        ids = torch.load({str(tmp_path / 'ids.pt')!r}, weights_only=True)
-        ref = torch.load({str(tmp_path / 'ref.pt')!r}, weights_only=True)
+        ids = torch.load({str(work / 'ids.pt')!r}, weights_only=True)
         with torch.no_grad():
-            got = m(input_ids=ids).logits
-        print((got - ref).abs().max().item())
+            torch.save(m(input_ids=ids).logits, {str(work / 'logits.pt')!r})
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert float(proc.stdout.strip().splitlines()[-1]) <= 1e-5
+    return torch.load(work / "logits.pt", weights_only=True)
+
+
+def test_loads_with_plain_transformers_without_slimformer(saved_llama: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    out, ref = saved_llama
+    assert (_remote_code_logits(out, _probe(), tmp_path) - ref).abs().max().item() <= 1e-5
+
+
+def test_stories260k_round_trip_three_ways(tmp_path: Path) -> None:
+    """SliceGPT 25% on the real stories260k -> save -> slimformer / remote code / lm-eval HFLM."""
+    from conftest import shared_path
+
+    model_dir = shared_path("models", "stories260k")
+    train = shared_path("data", "tinystories", "tinystories_train_prefix.txt")
+    model, tok = sf.load_model(model_dir)
+    calib = sf.data.load(str(train), tok, samples=32, seqlen=256, seed=0)
+    result = sf.compress(model, sf.SliceGPTConfig(sparsity=0.25), calib, tokenizer=tok, progress=False)
+    ids = calib.input_ids[:2, :128]
+    ref = _logits(result.model, ids)
+    out = Path(result.save(tmp_path / "stories"))
+    loaded, tok2 = sf.load_model(out)
+    assert tok2 is not None
+    assert (_logits(loaded, ids) - ref).abs().max().item() <= 1e-5
+    assert (_remote_code_logits(out, ids, tmp_path) - ref).abs().max().item() <= 1e-5
+    lm_eval_hf = pytest.importorskip("lm_eval.models.huggingface")
+    lm = lm_eval_hf.HFLM(pretrained=loaded, tokenizer=tok2, batch_size=2)
+    with torch.no_grad():
+        assert (lm._model_call(ids).float() - ref).abs().max().item() <= 1e-5
 
 
 def test_load_dtype_option(saved_llama: tuple[Path, torch.Tensor]) -> None:

@@ -43,7 +43,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             group.add_argument(_flag(name), dest=name, action="store_true", default=None, help=f"(default {default})")
         else:
-            typ = type(default) if default is not None else float
+            # None default: the annotation says the type ("int | None" -> int, else float)
+            typ = type(default) if default is not None else (int if str(f.type).startswith("int") else float)
             group.add_argument(_flag(name), dest=name, type=typ, default=None, help=f"(default {default})")
 
 
@@ -170,6 +171,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         f"{r['method']}: params {r['params_before']:,} -> {r['params_after']:,} "
         f"({100 * r['removed_fraction']:.2f}% removed) in {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
     )
+    if r.get("target_params"):
+        t = r["target_params"]
+        print(f"target params: requested {100 * t['requested']:.2f}% removed, achieved {100 * t['achieved']:.2f}% "
+              f"({r.get('schedule')} schedule, mean slicing {r.get('sparsity', 0):.4f})")
     if args.out:
         out = result.save(args.out, overwrite=args.overwrite)
         print(f"saved to {out}")

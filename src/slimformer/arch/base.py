@@ -15,6 +15,9 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
+from ..io.modeling_slimformer import _get as _runtime_get
+from ..io.modeling_slimformer import _set as _runtime_set
+
 logger = logging.getLogger("slimformer.arch")
 
 
@@ -22,22 +25,9 @@ class UnsupportedModelError(ValueError):
     """The model (or a variant of a supported family) cannot be compressed."""
 
 
-def get_module(root: nn.Module, path: str) -> nn.Module:
-    """Return the submodule at dotted ``path`` (``""`` is ``root`` itself)."""
-    mod = root
-    for part in path.split(".") if path else []:
-        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
-    return mod
-
-
-def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
-    """Replace the submodule at dotted ``path`` by ``new``."""
-    parent_path, _, name = path.rpartition(".")
-    parent = get_module(root, parent_path)
-    if name.isdigit():
-        parent[int(name)] = new
-    else:
-        setattr(parent, name, new)
+# One implementation of dotted-path access, shared with the self-contained runtime file.
+get_module = _runtime_get
+set_module = _runtime_set
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ Local files and their conversion to the HF record form (``<DIR>/...``):
   by a closing quote or bracket), ``ctx_b`` is the text after the last sentence end and
   ``ctx_a`` the text before it; otherwise ``ctx_b = ""``. In this file exactly the 3,243
   ActivityNet examples (173 activity labels, every fragment lower-case, e.g. "the lady")
-  have such a fragment and none of the 6,799 WikiHow examples does; on the published
-  rows of ``hellaswag_val.jsonl`` this reproduces ``ctx_a``/``ctx_b`` exactly (e.g. query
+  have such a fragment and none of the 6,799 WikiHow examples does; on the ten
+  published first rows of ``hellaswag_val.jsonl`` this gives lm-eval's exact query (e.g.
   ``"Roof shingle removal: A man is sitting on a roof. He"``). lm-eval's ``preprocess`` is
   applied again on top of llama.cpp's cleaning; it also drops bracketed spans other than
   the WikiHow markers (2 contexts), as it does on the hub data. 10,042 records.
@@ -72,7 +72,8 @@ Local files and their conversion to the HF record form (``<DIR>/...``):
   ``continuation = sentence[blank + 1:].strip()``) + ``winogrande/dev-labels.lst``
   (``1``/``2``, the official answers; the converter checks ``gold + 1 == label``). The HF
   ``winogrande_xl`` form ``{"sentence", "option1", "option2", "answer"}`` is rebuilt as
-  ``prefix = `` common prefix of ``a`` and ``b`` cut back to its last whitespace,
+  ``prefix`` = the common prefix of ``a`` and ``b`` cut back to just after its last
+  whitespace,
   ``option_i = context_options[i][len(prefix):]``,
   ``sentence = prefix + "_" + (" " unless the continuation starts with punctuation) +
   continuation``, ``answer = label``. The original sentence cannot be rebuilt exactly
@@ -556,6 +557,17 @@ def _hf_offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    log = logging.getLogger(name)
+    saved = log.level
+    log.setLevel(max(level, saved))
+    try:
+        yield
+    finally:
+        log.setLevel(saved)
+
+
 def _seed_everything(seed: int) -> None:
     import numpy as np
 
@@ -572,6 +584,13 @@ def _chance(task_obj: Any, n: int) -> float | None:
     except Exception:  # noqa: BLE001 - informational only
         return None
     return sum(1.0 / s for s in sizes) / len(sizes) if sizes else None
+
+
+def _load_error(exc: BaseException, data_dir: Path | None) -> RuntimeError:
+    where = f"local copies in {data_dir}" if data_dir is not None else "the Hugging Face hub"
+    hint = "" if data_dir is not None else f"; pass --tasks-data DIR (or set {TASKS_DATA_ENV}) for local copies"
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RuntimeError(f"could not load lm-eval tasks from {where}: {msg}{hint}")
 
 
 def _finite(x: Any) -> float | None:
@@ -631,32 +650,29 @@ def zero_shot(
         model.to(device)
     was_training = model.training
     model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-
-    with contextlib.ExitStack() as stack:
-        if data_dir is not None:
-            stack.enter_context(_hf_offline())
-            config_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="slimformer-lm-eval-"))
-            lm_names = write_offline_task_configs(names, data_dir, config_dir)
-            manager = TaskManager(include_path=config_dir, include_defaults=False)
-        else:
-            lm_names = {t: t for t in names}
-            manager = TaskManager()
-        _seed_everything(seed)
-        try:
-            loaded = manager.load(list(lm_names.values()))
-        except Exception as exc:
-            where = f"local copies in {data_dir}" if data_dir is not None else "the Hugging Face hub"
-            hint = "" if data_dir is not None else f"; pass --tasks-data DIR (or set {TASKS_DATA_ENV}) for local copies"
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"could not load lm-eval tasks from {where}: {msg}{hint}") from exc
-        for task_obj in loaded["tasks"].values():
-            task_obj.set_config(key="num_fewshot", value=0)
-            task_obj.set_fewshot_seed(seed=seed)
-        try:
-            raw = evaluator.evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=False, verbosity="WARNING")
-        finally:
-            model.train(was_training)
+    try:
+        with _quiet_logger("lm_eval.models.huggingface"):  # its "model is not a str" warnings are expected here
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        with contextlib.ExitStack() as stack:
+            if data_dir is not None:
+                stack.enter_context(_hf_offline())
+                config_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="slimformer-lm-eval-"))
+                lm_names = write_offline_task_configs(names, data_dir, config_dir)
+                manager = TaskManager(include_path=config_dir, include_defaults=False)
+            else:
+                lm_names = {t: t for t in names}
+                manager = TaskManager()
+            _seed_everything(seed)
+            try:
+                loaded = manager.load(list(lm_names.values()))
+            except Exception as exc:
+                raise _load_error(exc, data_dir) from exc
+            for task_obj in loaded["tasks"].values():
+                task_obj.set_config(key="num_fewshot", value=0)
+                task_obj.set_fewshot_seed(seed=seed)
+            raw = evaluator.evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=False)
+    finally:
+        model.train(was_training)
 
     results: dict[str, Any] = {}
     for task, lm_name in lm_names.items():
@@ -710,7 +726,8 @@ def format_table(result: dict[str, Any]) -> str:
     avg = result.get("average")
     rows.append(("average", "", "n/a" if avg is None else f"{avg:.4f}", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        for row in rows
-    )
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

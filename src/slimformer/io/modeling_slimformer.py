@@ -151,6 +151,7 @@ class SlimformerFormatError(ValueError):
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path`` (``""`` is ``root``; digits index ModuleLists)."""
     mod = root
     for part in path.split(".") if path else []:
         mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
@@ -158,6 +159,7 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 
 def _set(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` by ``new``."""
     parent_path, _, name = path.rpartition(".")
     parent = _get(root, parent_path)
     if name.isdigit():
