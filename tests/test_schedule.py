@@ -64,7 +64,9 @@ def _n_params(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("sp", [0.0, 0.1, 0.25, 0.4])
 def test_mean_slicing_equals_target(schedule, sp: float) -> None:
     if isinstance(schedule, LayerRedundancy) and schedule.slicing_base is not None and schedule.slicing_base > sp:
-        pytest.skip("slicing_base > sparsity is invalid (tested below)")
+        with pytest.raises(ValueError, match="must not exceed"):
+            schedule.fractions(sp, len(BI), BI)
+        return
     fs = schedule.fractions(sp, len(BI), BI)
     assert sum(fs) / len(fs) == pytest.approx(sp, abs=1e-12)
     assert all(0.0 <= f < 1.0 for f in fs)

@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=DTYPE_CHOICES, default=None)
     b.add_argument("--json", dest="json_out", help="write the result as JSON to this file")
 
+    r = sub.add_parser("report", help="render result JSON files into a Markdown table and PNG plots")
+    r.add_argument("results", nargs="+", help="JSON files from compress (slimformer_report.json), eval --json, bench --json")
+    r.add_argument("--out", required=True, help="output directory for report.md and the plots")
+
     i = sub.add_parser("info", help="show the plan, parameters and provenance of a saved model")
     i.add_argument("dir", help="slimformer output directory")
     i.add_argument("--json", dest="json_out", action="store_true", help="print the raw slimformer section as JSON")
@@ -234,6 +238,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .api import load_model
     from .eval.speed import SpeedSettings, compare_speed
+    from .io.format import describe_compression
 
     settings = SpeedSettings(batch=args.batch, seqlen=args.seqlen, new_tokens=args.new_tokens,
                              warmup=args.warmup, repeats=args.repeats, threads=args.threads)
@@ -243,6 +248,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     models["model"] = load_model(args.model, dtype=args.dtype, device=args.device)[0]
     res = compare_speed(models, settings, device=args.device)
     res["paths"] = {"model": args.model, "baseline": args.baseline}
+    res["compression"] = describe_compression(args.model)
     for name, r in res["models"].items():
         print(f"{name:9s} prefill {r['prefill_tokens_per_s']['median']:10.1f} tok/s   decode "
               f"{r['decode_tokens_per_s']['median']:8.1f} tok/s ({r['decode_ms_per_token']['median']:.2f} ms/token)"
@@ -253,6 +259,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"(matmul FLOP ratio {sp['matmul_flop_ratio']:.3f})")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .eval.report import render_report
+
+    path = render_report(args.results, args.out)
+    print(f"wrote {path} and its plots")
     return 0
 
 
@@ -312,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # slimformer shows its own per-layer progress
-    commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench}
+    commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench,
+                "report": _cmd_report}
     from .arch import UnsupportedModelError
     from .io.modeling_slimformer import SlimformerFormatError
 

@@ -267,3 +267,19 @@ def load_model(
         model.to(device)
     model.eval()
     return model, _load_tokenizer(name)
+
+
+def describe_compression(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Method and parameter accounting of a slimformer output dir (``None`` for other models)."""
+    section = read_section(path) if os.path.isdir(path) else None
+    if not section:
+        return None
+    prov = section.get("provenance", {})
+    before, after = prov.get("params_before"), prov.get("params_after")
+    return {
+        "method": section.get("method"),
+        "method_config": section.get("method_config"),
+        "params_before": before,
+        "params_after": after,
+        "removed_fraction": (1 - after / before) if before and after else None,
+    }
