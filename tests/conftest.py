@@ -35,3 +35,15 @@ def tinystories_train() -> Path:
 @pytest.fixture
 def tinystories_valid() -> Path:
     return shared_path("data", "tinystories", "tinystories_valid_prefix.txt")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models gain nothing from more threads, and a busy 2-core machine makes
+    oversubscribed OpenMP threads spin (10-50x slow-downs were seen). Timing lives in benchmarks/."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

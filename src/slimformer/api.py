@@ -158,14 +158,17 @@ def compress(
     return CompressionResult(model, plan, report, section, tokenizer)
 
 
-def provenance(calib: Any, seed: int | None, before: int, after: int, base: Any) -> dict[str, Any]:
-    """Library versions, data identity, seed and parameter counts for the saved config."""
+def library_versions() -> dict[str, str]:
+    """Versions of slimformer, torch and transformers (recorded with every result)."""
     import transformers
 
+    return {"slimformer": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def provenance(calib: Any, seed: int | None, before: int, after: int, base: Any) -> dict[str, Any]:
+    """Library versions, data identity, seed and parameter counts for the saved config."""
     return {
-        "slimformer": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **library_versions(),
         "base_model": base,
         "calibration": calib,
         "seed": seed,

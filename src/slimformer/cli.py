@@ -186,9 +186,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .api import load_model
+    from .api import library_versions, load_model
     from .data import load_text
     from .eval import perplexity
+    from .io.format import describe_compression
 
     if not args.ppl and not args.tasks:
         raise ValueError("eval needs --ppl TEXT and/or --tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande")
@@ -223,8 +224,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"zero-shot (lm-eval {zs['settings']['lm_eval_version']}, {where}, {limit}):")
         print(format_table(zs))
         out["zero_shot"] = zs
+    out["compression"] = describe_compression(args.model)
     out["settings"] = {
-        "model": args.model, "device": args.device, "dtype": args.dtype,
+        "model": args.model, "device": args.device, "dtype": args.dtype, "versions": library_versions(),
         "ppl": args.ppl, "ppl_split": args.ppl_split, "seqlen": args.seqlen, "stride": args.stride,
         "batch_size": args.batch_size, "max_tokens": args.max_tokens,
         "tasks": names, "tasks_data": str(tasks_data) if tasks_data is not None else None,
@@ -236,7 +238,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .api import load_model
+    from .api import library_versions, load_model
     from .eval.speed import SpeedSettings, compare_speed
     from .io.format import describe_compression
 
@@ -248,6 +250,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     models["model"] = load_model(args.model, dtype=args.dtype, device=args.device)[0]
     res = compare_speed(models, settings, device=args.device)
     res["paths"] = {"model": args.model, "baseline": args.baseline}
+    res["versions"] = library_versions()
     res["compression"] = describe_compression(args.model)
     for name, r in res["models"].items():
         print(f"{name:9s} prefill {r['prefill_tokens_per_s']['median']:10.1f} tok/s   decode "
