@@ -60,6 +60,8 @@ BAD = {
     "negative": (["--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
     "method": (["--method", "nosuch", "--sparsity", "0.1"], "unknown method 'nosuch'"),
     "calib_missing": (["--sparsity", "0.1", "--calib", "/nonexistent/calib.txt"], "file not found"),
+    "device": (["--sparsity", "0.1", "--device", "quantum"], "unknown device 'quantum'"),
+    "no_cuda": (["--sparsity", "0.1", "--device", "cuda:7"], "cuda:7"),
 }
 
 

@@ -134,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_device(device: str) -> None:
+    """Clear error for a device string torch does not know or this machine lacks."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} requested but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
+
+
 def _check_architecture(name: str) -> None:
     """Fail before loading weights when the model family is unsupported."""
     from transformers import AutoConfig
@@ -155,6 +169,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .io.format import check_output_dir
 
     config = build_method_config(args.method, args)  # validates sparsity etc. before any work
+    check_device(args.device)
     if args.out:
         check_output_dir(args.out, args.overwrite)
     if not args.calib:
@@ -191,6 +206,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval import perplexity
     from .io.format import describe_compression
 
+    check_device(args.device)
     if not args.ppl and not args.tasks:
         raise ValueError("eval needs --ppl TEXT and/or --tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande")
     names, tasks_data = None, None
@@ -242,6 +258,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .eval.speed import SpeedSettings, compare_speed
     from .io.format import describe_compression
 
+    check_device(args.device)
     settings = SpeedSettings(batch=args.batch, seqlen=args.seqlen, new_tokens=args.new_tokens,
                              warmup=args.warmup, repeats=args.repeats, threads=args.threads)
     models = {}
