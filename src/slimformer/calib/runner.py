@@ -95,7 +95,8 @@ def capture_block_inputs(
                 pass
     finally:
         set_module(model, adapter.layers, layers)
-        model.to(home) if home != device else None
+        if home != device:
+            model.to(home)
     storage = torch.device("cpu") if offload_activations else device
     out = BlockInputs(storage=storage)
     for hidden, kwargs in catcher.records:
