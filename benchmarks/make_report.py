@@ -4,7 +4,8 @@ Every number comes from the slimformer CLI / API run here:
   * stories260k dense and SliceGPT at 0.1/0.2/0.25/0.3 (calibration 128 x 256 tokens of the
     TinyStories train prefix, seed 42), perplexity on the valid prefix at seqlen 512;
   * random Llama (hidden 1024, 8 layers, fp32) dense vs SliceGPT at 0.1/0.25/0.4: `slimformer bench`
-    (batch 1, prompt 128, 64 decoded tokens, 2 threads, 1 warm-up, 5 interleaved repeats).
+    (batch 1, prompt 128, 64 decoded tokens, 1 thread - robust on a shared 2-core box -, 1 warm-up,
+    5 interleaved repeats).
 
     python benchmarks/make_report.py [--work /tmp/sf-report] [--skip-speed]
 """
@@ -55,7 +56,7 @@ def speed(work: Path, data: Path) -> None:
         result = sf.compress(model, sf.SliceGPTConfig(sparsity=s), calib, progress=False)
         out = result.save(work / f"llama1024-slicegpt-{s}", overwrite=True)
         assert cli(["bench", out, "--baseline", str(dense_dir), "--batch", "1", "--seqlen", "128",
-                    "--new-tokens", "64", "--threads", "2", "--warmup", "1", "--repeats", "5",
+                    "--new-tokens", "64", "--threads", "1", "--warmup", "1", "--repeats", "5",
                     "--json", str(data / f"llama1024-slicegpt-{s}.bench.json")]) == 0
 
 
@@ -63,11 +64,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--work", default="/tmp/sf-report")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-quality", action="store_true", help="reuse the quality JSON already in docs/report/data")
     args = p.parse_args()
     work, data = Path(args.work), OUT / "data"
     work.mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
-    quality(work, data)
+    if not args.skip_quality:
+        quality(work, data)
     if not args.skip_speed:
         speed(work, data)
     assert cli(["report", *sorted(str(f) for f in data.glob("*.json")), "--out", str(OUT)]) == 0

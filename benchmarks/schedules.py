@@ -143,6 +143,13 @@ def configs(targets: list[float]) -> list[tuple[str, float, sf.SliceGPTConfig]]:
     return out
 
 
+def _uniform_neighbour(row: dict[str, Any], target: float, d: int) -> tuple[int, sf.SliceGPTConfig]:
+    """The uniform width one step past the solved one, on the other side of ``target``."""
+    k = row["layer_widths"][0]
+    k2 = k + 1 if row["removed"] > target else k - 1  # wider removes less
+    return k2, sf.SliceGPTConfig(sparsity=1.0 - (k2 + 0.5) / d, round_to=1)  # floor((k2 + 0.5)) = k2
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     for name, res in results.items():
@@ -175,6 +182,7 @@ def main() -> None:
         setting = SETTINGS[name]()
         model, tok = sf.load_model(str(setting.path), dtype="float32")
         setting.calib(model, tok)  # aidreams: sample its text from the dense model once
+        hidden = model.config.hidden_size
         res = {"note": setting.note, "dense_ppl": setting.evaluate(model, tok),
                "params": sum(q.numel() for q in model.parameters()), "rows": []}
         del model
@@ -182,6 +190,12 @@ def main() -> None:
             row = {"label": label, "target": target, **run_one(setting, config)}
             res["rows"].append(row)
             print(name, json.dumps(row), flush=True)
+            if label == "uniform" and "error" not in row:
+                # uniform widths move in coarse steps: also show the neighbour on the other side of the target
+                near = _uniform_neighbour(row, target, hidden)
+                nrow = {"label": f"uniform, width {near[0]}", "target": target, **run_one(setting, near[1])}
+                res["rows"].append(nrow)
+                print(name, json.dumps(nrow), flush=True)
         results[name] = res
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))

@@ -97,7 +97,7 @@ def _plot_widths(name: str, rep: dict[str, Any], out: Path, index: int) -> Path:
 
     layers = rep["layers"]
     xs = list(range(len(layers)))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
     w = 0.27
     ax.bar([x - w for x in xs], [l["d_in"] for l in layers], w, label="d_in (attention)")
     ax.bar(xs, [l["d_mid"] if l["d_mid"] is not None else l["d_in"] for l in layers], w, label="d_mid (MLP in)")
@@ -108,7 +108,7 @@ def _plot_widths(name: str, rep: dict[str, Any], out: Path, index: int) -> Path:
     ax.set_ylabel("residual width")
     ax.set_xticks(xs)
     ax.set_title(f"{rep.get('method')} widths: {name}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / f"widths_{index}.png"
     fig.savefig(path, dpi=120)
