@@ -149,7 +149,8 @@ def test_cli_zero_shot_on_compressed_model(tmp_path: Path, stories: tuple, data_
     assert code == 0, err
     assert "piqa" in stdout and "winogrande" in stdout and "average" in stdout
     res = json.loads(js.read_text())
-    assert "ppl" not in res and set(res) == {"zero_shot", "settings"}
+    assert "ppl" not in res and set(res) == {"zero_shot", "settings", "compression"}
+    assert res["compression"]["method"] == "slicegpt" and res["compression"]["method_config"]["sparsity"] == 0.25
     zs = res["zero_shot"]
     assert set(zs["tasks"]) == {"piqa", "winogrande"}
     assert zs["tasks"]["piqa"]["metric"] == "acc_norm" and zs["tasks"]["winogrande"]["metric"] == "acc"
