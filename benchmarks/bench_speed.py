@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from common import random_llama
 
 import slimformer as sf
 from slimformer.eval.speed import SpeedSettings, compare_speed
@@ -31,9 +31,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                      num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048)
-    dense = LlamaForCausalLM(cfg).eval()
+    dense = random_llama()
     sliced = copy.deepcopy(dense)
     calib = torch.randint(0, 32000, (16, 256), generator=torch.Generator().manual_seed(0))
     result = sf.compress(sliced, sf.SliceGPTConfig(sparsity=0.25), calib, progress=False)

@@ -24,18 +24,12 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from common import random_llama
 
 import slimformer as sf
 from slimformer.eval.speed import SpeedSettings, compare_speed
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def llama(hidden: int, mlp: int, heads: int) -> LlamaForCausalLM:
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=8, num_attention_heads=heads,
-                      num_key_value_heads=heads, vocab_size=32000, max_position_embeddings=2048)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def main() -> None:
@@ -45,11 +39,11 @@ def main() -> None:
     p.add_argument("--json", default=str(REPO / "docs" / "decode_gap.json"))
     args = p.parse_args()
     torch.manual_seed(0)
-    dense = llama(1024, 2816, 16)
+    dense = random_llama()
     sliced = copy.deepcopy(dense)
     calib = torch.randint(0, 32000, (16, 256), generator=torch.Generator().manual_seed(0))
     sf.compress(sliced, sf.SliceGPTConfig(sparsity=0.25), calib, progress=False)
-    floor = llama(64, 176, 1)
+    floor = random_llama(hidden=64, mlp=176, heads=1)
     settings = SpeedSettings(batch=1, seqlen=128, new_tokens=64, warmup=1, repeats=args.repeats, threads=args.threads)
     res = compare_speed({"dense": dense, "sliced": sliced, "floor": floor}, settings)
     ms = {n: res["models"][n]["decode_ms_per_token"]["median"] for n in res["models"]}

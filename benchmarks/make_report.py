@@ -43,13 +43,11 @@ def quality(work: Path, data: Path) -> None:
 
 
 def speed(work: Path, data: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from common import random_llama
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                      num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048)
     dense_dir = work / "llama1024-dense"
-    LlamaForCausalLM(cfg).save_pretrained(dense_dir)
+    random_llama().save_pretrained(dense_dir)
     calib = torch.randint(0, 32000, (16, 256), generator=torch.Generator().manual_seed(0))
     for s in (0.1, 0.25, 0.4):
         model, _ = sf.load_model(dense_dir)

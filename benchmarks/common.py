@@ -1,0 +1,17 @@
+"""Shared pieces of the benchmark scripts (run them as ``python benchmarks/<script>.py``)."""
+
+from __future__ import annotations
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def llama_config(hidden: int = 1024, mlp: int = 2816, heads: int = 16, layers: int = 8,
+                 vocab: int = 32000) -> LlamaConfig:
+    """The random Llama of the speed benchmarks (default: hidden 1024, 8 layers, MHA, vocab 32000)."""
+    return LlamaConfig(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=2048)
+
+
+def random_llama(**kw: int) -> LlamaForCausalLM:
+    """A randomly initialised fp32 Llama in eval mode (seed it with ``torch.manual_seed`` first)."""
+    return LlamaForCausalLM(llama_config(**kw)).eval()
