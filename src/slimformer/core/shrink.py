@@ -36,3 +36,29 @@ def keep_mlp_channels(block: nn.Module, adapter: ArchAdapter, idx: torch.Tensor)
     for path in adapter.mlp_readers:
         keep_outputs(get_module(block, path), idx)
     keep_inputs(get_module(block, adapter.down), idx)
+
+
+@torch.no_grad()
+def merge_mlp_channels(block: nn.Module, adapter: ArchAdapter, T: torch.Tensor) -> None:
+    """Merge the MLP intermediate channels with a merge map ``T: [I, k]`` (neuron merging).
+
+    Merged channel ``j`` reads the ``T[:, j]``-weighted combination of the channels'
+    input rows (readers ``W: [I, d] -> T^T W: [k, d]``, bias ``b -> T^T b``); the MLP
+    writer reads the channels back through the pseudo-inverse
+    (``W_down: [d, I] -> W_down (T^+)^T: [d, k]``). A permutation ``T`` is exact;
+    merging identical channels with averaging weights loses nothing.
+    """
+    Td = T.double()
+    Tp = torch.linalg.pinv(Td)  # [k, I]
+    for path in adapter.mlp_readers:
+        lin = get_module(block, path)
+        W = lin.weight
+        lin.weight = nn.Parameter((Td.T.to(W.device) @ W.double()).to(W.dtype), requires_grad=W.requires_grad)
+        if lin.bias is not None:
+            b = lin.bias
+            lin.bias = nn.Parameter((Td.T.to(b.device) @ b.double()).to(b.dtype), requires_grad=b.requires_grad)
+        lin.out_features = Td.shape[1]
+    down = get_module(block, adapter.down)
+    W = down.weight
+    down.weight = nn.Parameter((W.double() @ Tp.T.to(W.device)).to(W.dtype), requires_grad=W.requires_grad)
+    down.in_features = Td.shape[1]
