@@ -36,6 +36,9 @@ STORIES = {"calib": "data/tinystories/tinystories_train_prefix.txt", "samples": 
 MODELS = {  # label -> (model folder, calibration, stored dtype)
     "stories260k": ("stories260k", STORIES, "float32"),
     "opt-fixture": ("opt-fixture", {"calib": "data/wikitext2/wiki.valid.raw", "samples": 64, "seqlen": 256}, "float32"),
+    # no text of its own domain exists offline; any text serves to pick SliceGPT's rotations here
+    "aidreams260k": ("aidreams260k", {"calib": "data/tinystories/tinystories_train_prefix.txt", "samples": 64,
+                                      "seqlen": 128}, "float32"),
     "stories260k-bf16": ("stories260k", STORIES, "bfloat16"),
 }
 

@@ -20,6 +20,7 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -54,13 +55,18 @@ def decode(model: torch.nn.Module, prompt: torch.Tensor, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def profile_groups(model: torch.nn.Module, prompt: torch.Tensor, steps: int) -> dict[str, float]:
+def profile_groups(model: torch.nn.Module, prompt: torch.Tensor, steps: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """ms per token by group, and the top operators (ms per token, calls per token)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         decode(model, prompt, steps)
     groups: dict[str, float] = defaultdict(float)
+    ops = []
     for ev in prof.key_averages():
-        groups[group_of(ev.key)] += ev.self_cpu_time_total / 1000.0 / steps  # ms per token
-    return dict(groups)
+        ms = ev.self_cpu_time_total / 1000.0 / steps  # ms per token
+        groups[group_of(ev.key)] += ms
+        ops.append((ms, ev.key, ev.count / steps))
+    top = {k: {"ms": round(ms, 3), "calls": round(c, 1)} for ms, k, c in sorted(ops, reverse=True)[:12]}
+    return dict(groups), top
 
 
 def main() -> None:
@@ -86,7 +92,8 @@ def main() -> None:
         for n, m in models.items():
             secs[n].append(decode(m, prompt, args.steps))
     ms = {n: 1000.0 * statistics.median(v) / args.steps for n, v in secs.items()}
-    groups = {n: profile_groups(m, prompt, args.steps) for n, m in models.items()}
+    profiled = {n: profile_groups(m, prompt, args.steps) for n, m in models.items()}
+    groups = {n: g for n, (g, _) in profiled.items()}
     res = {
         "settings": vars(args),
         "ms_per_token": ms,
@@ -94,6 +101,8 @@ def main() -> None:
         "profile_ms_per_token": groups,
         "matmul_speedup": groups["dense"]["matmul"] / groups["sliced"]["matmul"],
         "matmul_share_dense": groups["dense"]["matmul"] / sum(groups["dense"].values()),
+        "profiled_speedup": sum(groups["dense"].values()) / sum(groups["sliced"].values()),
+        "top_ops": {n: top for n, (_, top) in profiled.items()},
     }
     Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

@@ -6,15 +6,28 @@ from . import data  # noqa: E402
 from .api import CompressionResult, compress, count_params, load_model  # noqa: E402
 from .arch import UnsupportedModelError, supported_model_types  # noqa: E402
 from .methods import SliceGPTConfig  # noqa: E402
+from .methods import FASPConfig, MagnitudeConfig, RandomConfig, WandaSPConfig  # noqa: E402
+from .methods import DOTResizeConfig  # noqa: E402
+from .methods import PruneNetConfig  # noqa: E402
+from .finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402  (sf.finetune is the function)
 
 __all__ = [
     "CompressionResult",
+    "FASPConfig",
+    "MagnitudeConfig",
+    "RandomConfig",
+    "WandaSPConfig",
+    "DOTResizeConfig",
+    "PruneNetConfig",
+    "FinetuneConfig",
+    "FinetuneResult",
     "SliceGPTConfig",
     "UnsupportedModelError",
     "__version__",
     "compress",
     "count_params",
     "data",
+    "finetune",
     "load_model",
     "supported_model_types",
 ]

@@ -39,6 +39,8 @@ class CompressionResult:
         plan: its :class:`ShapePlan`.
         report: params before/after, removed fraction, seconds, peak memory, widths, ...
         section: the ``"slimformer"`` config section written by :meth:`save`.
+        artifacts: extra files (name -> bytes) :meth:`save` writes into the directory,
+            e.g. PruneNet's ``policy.safetensors`` / ``policy.json``.
     """
 
     model: nn.Module
@@ -46,6 +48,7 @@ class CompressionResult:
     report: dict[str, Any]
     section: dict[str, Any] = field(default_factory=dict)
     tokenizer: Any = None
+    artifacts: dict[str, bytes] = field(default_factory=dict)
 
     def save(self, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False, plain: bool = False) -> str:
         """Save as a Hugging Face directory (see :mod:`slimformer.io.format`).
@@ -54,7 +57,8 @@ class CompressionResult:
         raises :class:`~slimformer.io.format.PlainExportError` saying why it cannot.
         """
         tok = tokenizer if tokenizer is not None else self.tokenizer
-        return str(save_compressed(self.model, out, self.section, self.report, tok, overwrite=overwrite, plain=plain))
+        return str(save_compressed(self.model, out, self.section, self.report, tok, overwrite=overwrite, plain=plain,
+                                   extra_files=self.artifacts))
 
 
 def _calib_tensor(calib: Any) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -111,6 +115,8 @@ def compress(
     _check_model(model)
     if spec.needs_calibration and calib is None:
         raise ValueError(f"method {spec.name} needs calibration data (calib=...)")
+    if calib is not None and not spec.accepts_calibration:
+        raise ValueError(f"method {spec.name} is calibration-free: call compress() without calib")
     ids, ident = _calib_tensor(calib) if calib is not None else (None, None)
     if ids is not None and int(ids.max()) >= model.config.vocab_size:
         raise ValueError(f"calibration token id {int(ids.max())} >= vocab size {model.config.vocab_size}: wrong tokenizer?")
@@ -125,6 +131,7 @@ def compress(
     t0 = time.perf_counter()
     extra = spec.apply(model, adapter, config, ids, Runtime(dev, batch_size, offload_activations, progress))
     seconds = time.perf_counter() - t0
+    artifacts = extra.pop("_artifacts", {})  # extra files for the output directory (e.g. a learned policy)
     plan = plan_from_model(model, adapter)
     params_after = count_params(model)
     report: dict[str, Any] = {
@@ -155,7 +162,7 @@ def compress(
         "%s: %d -> %d params (%.1f%% removed) in %.1fs",
         spec.name, params_before, params_after, 100 * report["removed_fraction"], seconds,
     )
-    return CompressionResult(model, plan, report, section, tokenizer)
+    return CompressionResult(model, plan, report, section, tokenizer, artifacts)
 
 
 def library_versions() -> dict[str, str]:

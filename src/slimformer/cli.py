@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,16 +37,58 @@ def _method_fields() -> dict[str, dataclasses.Field]:
     return fields
 
 
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Each entry of the ``Attributes:`` section of ``cls``'s docstring (name -> text)."""
+    docs: dict[str, str] = {}
+    section, current = False, None
+    for line in (cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Attributes:":
+            section = True
+            continue
+        if not section or not stripped:
+            continue
+        m = re.match(r"^(\w+)(?: \(.*?\))?: (.*)$", stripped)
+        if m and len(line) - len(line.lstrip()) <= 8:
+            current = m.group(1)
+            docs[current] = m.group(2)
+        elif current is not None:
+            docs[current] += " " + stripped
+    return {k: v.replace("``", "").rstrip(".") for k, v in docs.items()}
+
+
+def _method_help() -> dict[str, str]:
+    """Help text per option: its description and the methods it applies to."""
+    from .methods import METHODS
+
+    users: dict[str, list[str]] = {}
+    docs: dict[str, str] = {}
+    for name, spec in sorted(METHODS.items()):
+        for k, v in _attribute_docs(spec.config_cls).items():
+            docs.setdefault(k, v)
+        for f in dataclasses.fields(spec.config_cls):
+            users.setdefault(f.name, []).append(name)
+    return {k: (docs.get(k, "") + f" [{', '.join(v)}]").strip() for k, v in users.items()}
+
+
+def _annotation_type(f: dataclasses.Field) -> type:
+    """Type of an option whose default is None, from its annotation ("int | None" -> int, "str | None" -> str)."""
+    ann = str(f.type)
+    return int if ann.startswith("int") else str if ann.startswith("str") else float
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("method options (from the method config dataclasses)")
+    group = p.add_argument_group("method options (from the method config dataclasses; [methods they apply to])")
+    helps = _method_help()
     for name, f in _method_fields().items():
         default = f.default if f.default is not dataclasses.MISSING else None
+        text = f"{helps.get(name, '')} (default {default})".replace("%", "%%")
         if isinstance(default, bool):
-            group.add_argument(_flag(name), dest=name, action="store_true", default=None, help=f"(default {default})")
+            group.add_argument(_flag(name), dest=name, action="store_true", default=None, help=text)
         else:
             # None default: the annotation says the type ("int | None" -> int, else float)
-            typ = type(default) if default is not None else (int if str(f.type).startswith("int") else float)
-            group.add_argument(_flag(name), dest=name, type=typ, default=None, help=f"(default {default})")
+            typ = type(default) if default is not None else _annotation_type(f)
+            group.add_argument(_flag(name), dest=name, type=typ, default=None, help=text)
 
 
 def build_method_config(method: str, args: argparse.Namespace) -> Any:
@@ -89,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--offload-activations", action="store_true", help="keep cached activations on CPU")
     c.add_argument("--out", help="output directory (written atomically)")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    c.add_argument("--plain", action="store_true",
+                   help="save an ordinary HF config (no remote code); only for uniform MLP-width pruning")
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_method_options(c)
 
@@ -131,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", choices=DTYPE_CHOICES, default=None)
     e.add_argument("--json", dest="json_out", help="write the result as JSON to this file")
     e.add_argument("--no-progress", action="store_true")
+    _add_finetune_parser(sub)
+    _add_pack_parsers(sub)
     return p
 
 
@@ -167,19 +214,26 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .api import compress, load_model
     from .data import load, load_text
     from .io.format import check_output_dir
+    from .methods import get_method
 
     config = build_method_config(args.method, args)  # validates sparsity etc. before any work
     check_device(args.device)
     if args.out:
         check_output_dir(args.out, args.overwrite)
-    if not args.calib:
+    spec = get_method(args.method)
+    if spec.needs_calibration and not args.calib:
         raise ValueError(f"method {args.method} needs calibration data: pass --calib FILE_OR_NAME")
-    source = load_text(args.calib, split=args.calib_split)  # fails fast on a missing file
+    if args.calib and not spec.accepts_calibration:
+        raise ValueError(f"method {args.method} is calibration-free: drop --calib")
+    # fails fast on a missing file; no data is read at all without --calib
+    source = load_text(args.calib, split=args.calib_split) if args.calib else None
     _check_architecture(args.model)  # before loading any weights
     model, tok = load_model(args.model, dtype=args.dtype)
-    if tok is None:
-        raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
-    calib = load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+    calib = None
+    if source is not None:
+        if tok is None:
+            raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
+        calib = load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
     result = compress(
         model, config, calib, device=args.device, batch_size=args.batch_size,
         offload_activations=args.offload_activations, progress=not args.no_progress,
@@ -195,7 +249,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         print(f"target params: requested {100 * t['requested']:.2f}% removed, achieved {100 * t['achieved']:.2f}% "
               f"({r.get('schedule')} schedule, mean slicing {r.get('sparsity', 0):.4f})")
     if args.out:
-        out = result.save(args.out, overwrite=args.overwrite)
+        out = result.save(args.out, overwrite=args.overwrite, plain=args.plain)
         print(f"saved to {out}")
     return 0
 
@@ -290,6 +344,105 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pack_parsers(sub: Any) -> None:
+    """``slimformer pack DIR FILE`` / ``slimformer unpack FILE DIR`` (bits-back storage)."""
+    k = sub.add_parser("pack", help="store a saved model losslessly in one bits-back coded file")
+    k.add_argument("dir", help="model directory (slimformer output, or any safetensors HF model)")
+    k.add_argument("file", help="pack file to write (atomically)")
+    k.add_argument("--no-bitsback", action="store_true", help="entropy-code the weights as they are (baseline)")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing pack file")
+    k.add_argument("--no-verify", action="store_true",
+                   help="skip the self-check that runs the model before and after the rotation (large models)")
+    k.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    u = sub.add_parser("unpack", help="restore a model directory from a pack file")
+    u.add_argument("file", help="pack file written by slimformer pack")
+    u.add_argument("dir", help="output directory (written atomically)")
+    u.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    u.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from .io.bitsback import pack
+
+    st = pack(args.dir, args.file, bitsback=not args.no_bitsback, progress=not args.no_progress,
+              overwrite=args.overwrite, verify=not args.no_verify)
+    weight_bits = 8 * st.file_bytes - st.meta_bits
+    print(f"packed {args.dir} -> {args.file}: {st.file_bytes:,} bytes ({st.weight_bytes_raw:,} bytes of raw weights), "
+          f"{weight_bits / max(st.n_weights, 1):.3f} bits/weight; bits-back {st.bitsback_bits:,} bits "
+          f"({st.correction_bits:,} bits of corrections, {len(st.groups)} rotation groups) in {st.seconds:.1f}s")
+    return 0
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    from .io.bitsback import unpack
+
+    out = unpack(args.file, args.dir, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"unpacked {args.file} -> {out}")
+    return 0
+
+
+def _add_finetune_parser(sub: Any) -> None:
+    """``slimformer finetune``: options mirror :class:`slimformer.finetune.FinetuneConfig` (defaults from it)."""
+    from .finetune import TARGET_ROLES, FinetuneConfig
+
+    d = FinetuneConfig()
+    f = sub.add_parser("finetune", help="recovery fine-tune a compressed model with LoRA, merge and save it")
+    f.add_argument("dir", help="slimformer output directory (a compressed model)")
+    f.add_argument("--data", required=True, help="training text: local .txt/.raw/.jsonl file or wikitext2|ptb|c4|alpaca")
+    f.add_argument("--out", required=True, help="output directory for the merged model (written atomically)")
+    f.add_argument("--eval-data", default=None,
+                   help=f"held-out text for perplexity (default: the last {d.holdout:.0%} of --data's tokens)")
+    f.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    f.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    f.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
+    f.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
+    f.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help=f"(default {d.lora_dropout})")
+    f.add_argument("--targets", default=None,
+                   help=f"comma-separated LoRA targets among {','.join(TARGET_ROLES)} (default: all linears, no shortcuts)")
+    f.add_argument("--batch", type=int, default=d.batch, help=f"windows per micro-batch (default {d.batch})")
+    f.add_argument("--seqlen", type=int, default=d.seqlen, help=f"tokens per window (default {d.seqlen})")
+    f.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step (default 1)")
+    f.add_argument("--seed", type=int, default=d.seed, help=f"seed of LoRA init and window offsets (default {d.seed})")
+    f.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out perplexity every N steps (0: before/after only)")
+    f.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="evaluate on the first N held-out tokens (default: all)")
+    f.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop training after this many minutes")
+    f.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="train/save dtype (default: the checkpoint's)")
+    f.add_argument("--device", default="cpu", help="training device (default cpu)")
+    f.add_argument("--keep-adapter", default=None, metavar="DIR", help="also save the unmerged peft adapter to DIR")
+    f.add_argument("--overwrite", action="store_true", help="replace non-empty --out / --keep-adapter directories")
+    f.add_argument("--json", dest="json_out", help="write the fine-tune record as JSON to this file")
+    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .data import load_text
+    from .finetune import FinetuneConfig, finetune
+    from .io.format import check_output_dir
+
+    config = FinetuneConfig(
+        steps=args.steps, lr=args.lr, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        targets=args.targets, batch=args.batch, seqlen=args.seqlen, seed=args.seed, grad_accum=args.grad_accum,
+        eval_every=args.eval_every, eval_tokens=args.eval_tokens, max_minutes=args.max_minutes, dtype=args.dtype,
+    )  # validates before any work
+    check_device(args.device)
+    check_output_dir(args.out, args.overwrite)
+    if not Path(args.dir).is_dir():
+        raise FileNotFoundError(f"model directory not found: {args.dir}")
+    data = load_text(args.data)  # fail fast on a missing file
+    eval_data = load_text(args.eval_data, split="validation") if args.eval_data else None
+    result = finetune(args.dir, data, config, eval_data=eval_data, keep_adapter=args.keep_adapter,
+                      overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+    r = result.record
+    stop = f" (stopped early: {r['stopped_early']})" if r["stopped_early"] else ""
+    print(f"finetune: {r['steps_done']} steps in {r['seconds']:.1f}s{stop}; held-out perplexity "
+          f"{r['ppl_before']['ppl']:.4f} -> {r['ppl_after']['ppl']:.4f}; merge max |dlogit| {r['merge_max_abs_logit_diff']:.2e}")
+    out = result.save(args.out, overwrite=args.overwrite)
+    print(f"saved to {out}" + (f"; adapter in {r['adapter_dir']}" if r["adapter_dir"] else ""))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(r, indent=2, default=str) + "\n")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io.format import read_section
     from .io.modeling_slimformer import slim_section
@@ -326,6 +479,11 @@ def format_info(section: dict[str, Any]) -> str:
                  f"{calib.get('samples')} x {calib.get('seqlen')} seed {prov.get('seed')}")
     lines.append(f"versions        slimformer {prov.get('slimformer')}, torch {prov.get('torch')}, "
                  f"transformers {prov.get('transformers')}; base model {prov.get('base_model')}")
+    ft = section.get("finetune")
+    if ft:
+        lines.append(f"finetune        LoRA r={ft['config']['lora_r']} on {','.join(ft['targets'])}, {ft['steps_done']} steps; "
+                     f"held-out ppl {ft['ppl_before']['ppl']:.4f} -> {ft['ppl_after']['ppl']:.4f} "
+                     f"({ft['eval_data'].get('name')})")
     header = ("layer", "d_in", "d_mid", "d_out", "q/k/v out", "mlp", "shortcuts")
     rows = [header] + [
         (str(i), str(b["d_in"]), "-" if b["d_mid"] is None else str(b["d_mid"]), str(b["d_out"]),
@@ -347,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # slimformer shows its own per-layer progress
     commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench,
-                "report": _cmd_report}
+                "report": _cmd_report, "finetune": _cmd_finetune,
+                "pack": _cmd_pack, "unpack": _cmd_unpack}
     from .arch import UnsupportedModelError
     from .io.modeling_slimformer import SlimformerFormatError
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..arch import ArchAdapter, get_module
-from .fuse import norm_eps
+from .fuse import is_slim, norm_eps
 
 FORMAT_VERSION = 1
 
@@ -26,6 +26,14 @@ class BlockPlan:
     MLP (``None`` for parallel blocks); ``d_out``: leaving the block. ``q_out``,
     ``k_out``, ``v_out``: output widths of the projections (heads x head dim);
     ``mlp_width``: MLP intermediate width.
+
+    Attention heads (added in format 1 with defaults, so older plans still load;
+    ``None`` = the base config's shapes): ``n_heads`` query heads and ``n_kv_heads``
+    key/value heads of this layer, ``head_dim`` the head dim the attention code
+    reshapes with (the base config's), ``qk_head_dim`` the q/k channels kept per
+    head (== ``head_dim`` until a method cuts q/k) and ``v_head_dim`` the value
+    channels kept per head (``<= head_dim``; see
+    :class:`slimformer.io.modeling_slimformer.HeadPadOutLinear`).
     """
 
     d_in: int
@@ -37,6 +45,11 @@ class BlockPlan:
     k_out: int
     v_out: int
     mlp_width: int
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    qk_head_dim: int | None = None
+    v_head_dim: int | None = None
 
 
 @dataclass
@@ -54,6 +67,8 @@ class ShapePlan:
     paths: dict[str, str | None]
     blocks: list[BlockPlan] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    fused: bool = True  # blocks are SlimBlocks with folded norms; False = original HF blocks (index pruning)
+    tied_head: bool = False  # the head shares the embedding tensor (stored once)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,19 +82,28 @@ class ShapePlan:
     def widths_table(self) -> list[dict[str, Any]]:
         """One row per block: the widths a user wants to see."""
         return [
-            {"layer": i, "d_in": b.d_in, "d_mid": b.d_mid, "d_out": b.d_out, "mlp": b.mlp_width}
+            {"layer": i, "d_in": b.d_in, "d_mid": b.d_mid, "d_out": b.d_out, "mlp": b.mlp_width,
+             **({"heads": b.n_heads, "kv_heads": b.n_kv_heads, "v_head_dim": b.v_head_dim}
+                if b.n_heads is not None else {})}
             for i, b in enumerate(self.blocks)
         ]
 
 
+def config_head_dim(config: Any) -> int:
+    """Head dim the attention code of the base config reshapes q/k/v with."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
 def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
-    """Read the plan off a model in slim form (shapes of its actual weights)."""
+    """Read the plan off a model (slim form or original blocks; shapes of its actual weights)."""
     blocks = []
+    hd = config_head_dim(model.config)
     for block in adapter.get_layers(model):
         q, k, v = (get_module(block, p) for p in adapter.attn_readers)
         o, down = get_module(block, adapter.o), get_module(block, adapter.down)
         up = get_module(block, adapter.up)
         d_mid = None if adapter.parallel else o.out_features
+        v_hd = int(getattr(v, "kept_dim", hd))
         blocks.append(
             BlockPlan(
                 d_in=q.in_features,
@@ -91,12 +115,19 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
                 k_out=k.out_features,
                 v_out=v.out_features,
                 mlp_width=up.out_features,
+                n_heads=q.out_features // hd,
+                n_kv_heads=k.out_features // hd,
+                head_dim=hd,
+                qk_head_dim=hd,
+                v_head_dim=v_hd,
             )
         )
     head = get_module(model, adapter.head)
     emb = get_module(model, adapter.embed)
     first = adapter.get_layers(model)[0]
     return ShapePlan(
+        fused=is_slim(model, adapter),
+        tied_head=head.weight is emb.weight,
         architecture=type(model).__name__,
         norm_eps=norm_eps(get_module(first, adapter.attn_norm)),
         paths=adapter_paths(adapter),

@@ -6,7 +6,7 @@ bench results carry a ``"compression"`` block (method, removed fraction) when th
 evaluated model is a slimformer output, which is what places them on the x axis.
 
 Plots (matplotlib, Agg backend):
-* ``ppl_vs_removed.png``: perplexity vs. removed-parameter fraction, one line per method;
+* ``ppl_vs_removed.png``: perplexity vs. removed-parameter fraction, one line per result series (name without its trailing number, else the method);
 * ``widths_<n>.png``: per-layer residual widths of a compression plan;
 * ``speedup_vs_removed.png``: measured prefill/decode speed-up vs. removed fraction,
   with the matmul-FLOP bound ``1 / flop_ratio``.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ def _label(data: dict[str, Any]) -> tuple[str, float]:
     return str(comp.get("method")), float(comp.get("removed_fraction", 0.0))
 
 
+def _series(name: str, data: dict[str, Any]) -> str:
+    """Line a result belongs to: its name without a trailing number (``stories-fasp-mlp-0.2`` ->
+    ``stories-fasp-mlp``), so models and method variants get their own lines; else the method."""
+    method, _ = _label(data)
+    if method == "dense":
+        return "dense"
+    stem = re.sub(r"[-_]?\d+(?:\.\d+)?$", "", name)
+    return stem if stem and stem != name else method
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -68,13 +79,15 @@ def _plot_ppl(evals: list[tuple[str, dict[str, Any]]], out: Path) -> Path | None
     import matplotlib.pyplot as plt
 
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for _, d in evals:
+    for name, d in evals:
         if "ppl" in d:
-            method, removed = _label(d)
-            series[method].append((removed, d["ppl"]))
+            _, removed = _label(d)
+            series[_series(name, d)].append((removed, d["ppl"]))
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5 if len(series) > 5 else 6, 4))
+    if len(series) > 10:  # the default cycle repeats after 10 colours
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for method, pts in sorted(series.items()):
         pts.sort()
         style = "k*" if method == "dense" else "o-"
@@ -83,7 +96,10 @@ def _plot_ppl(evals: list[tuple[str, dict[str, Any]]], out: Path) -> Path | None
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if len(series) > 5:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend()
     ax.set_title("Perplexity vs. removed parameters")
     fig.tight_layout()
     path = out / "ppl_vs_removed.png"

@@ -136,7 +136,8 @@ def _write_config(model: nn.Module, directory: Path, section: dict[str, Any], pl
     cfg["slimformer"] = section
     if plain is None:
         cfg["auto_map"] = dict(AUTO_MAP)
-        cfg["tie_word_embeddings"] = False
+        head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+        cfg["tie_word_embeddings"] = head is not None and emb is not None and head.weight is emb.weight
     else:
         cfg.update(plain)
         cfg.pop("auto_map", None)
@@ -172,6 +173,7 @@ def save_compressed(
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     plain: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a compressed model atomically.
 
@@ -181,6 +183,7 @@ def save_compressed(
         tokenizer: saved alongside when given.
         plain: write an ordinary HF config (no remote code) or raise
             :class:`PlainExportError` saying why the model needs one.
+        extra_files: more files (plain names -> bytes) to write into the directory.
     """
     plain_changes = plain_config_changes(model) if plain else None
     out = check_output_dir(out, overwrite).absolute()
@@ -199,6 +202,10 @@ def save_compressed(
             shutil.copyfile(runtime.__file__, tmp / MODELING_FILE)
         if report is not None:
             (tmp / "slimformer_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        for name, data in (extra_files or {}).items():
+            if Path(name).name != name or (tmp / name).exists():
+                raise ValueError(f"extra file name {name!r} must be a plain file name not used by the format")
+            (tmp / name).write_bytes(data)
         _commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

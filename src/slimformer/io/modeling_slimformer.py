@@ -133,6 +133,121 @@ class SlimBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------------
+# Attention with per-layer head counts and a value head dim below the q/k head dim.
+#
+# The Hugging Face attention code of every family reshapes q, k *and* v with one
+# ``head_dim``. A block whose value heads keep only ``v_head_dim < head_dim``
+# channels (FASP / baselines prune v rows with the matching o columns) therefore
+# runs the installed transformers' own attention unchanged, with two thin linears:
+#
+#     v_proj: [.., d] -> [.., n_kv * v_head_dim] -> zero-pad each head -> [.., n_kv * head_dim]
+#     o_proj: [.., n_q * head_dim] -> keep the first v_head_dim of each head -> [.., n_q * v_head_dim] -> [.., d]
+#
+# Kept channels sit first in each head (pruning reorders them), so no index sets are
+# stored. The result is exact: padded value channels are zero, so attention writes
+# zeros there and o_proj never reads them. Parameters and the v/o matmuls shrink; the
+# attention-weights x V product and the v part of the KV cache stay at head_dim.
+# Fewer heads need no wrapper: q/k/v simply have fewer rows (whole GQA groups go, so
+# the q-per-kv ratio is unchanged); attention modules that store their head count
+# (OPT's ``num_heads``) get it set per layer.
+# ----------------------------------------------------------------------------------
+
+#: attributes of HF attention modules that hold a layer's query-head count
+HEAD_COUNT_ATTRS = ("num_heads",)
+
+
+class HeadPadOutLinear(nn.Linear):
+    """Linear whose output heads of ``kept_dim`` channels are zero-padded to ``head_dim``.
+
+    Weight ``[n_heads * kept_dim, in]``; forward ``x: [.., in] -> [.., n_heads * head_dim]``.
+    The state-dict keys are those of a plain ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, head_dim: int, kept_dim: int,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if out_features % kept_dim:
+            raise ValueError(f"{out_features} output channels are not whole heads of {kept_dim}")
+        self.head_dim, self.kept_dim = int(head_dim), int(kept_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)  # [.., n_heads * kept_dim]
+        y = y.view(*y.shape[:-1], -1, self.kept_dim)  # [.., n_heads, kept_dim]
+        y = nn.functional.pad(y, (0, self.head_dim - self.kept_dim))  # [.., n_heads, head_dim]
+        return y.flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, head_dim={self.head_dim}, kept_dim={self.kept_dim}"
+
+
+class HeadSliceInLinear(nn.Linear):
+    """Linear reading only the first ``kept_dim`` channels of each ``head_dim``-wide input head.
+
+    Weight ``[out, n_heads * kept_dim]``; forward ``x: [.., n_heads * head_dim] -> [.., out]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, head_dim: int, kept_dim: int,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if in_features % kept_dim:
+            raise ValueError(f"{in_features} input channels are not whole heads of {kept_dim}")
+        self.head_dim, self.kept_dim = int(head_dim), int(kept_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(*x.shape[:-1], -1, self.head_dim)[..., : self.kept_dim]  # [.., n_heads, kept_dim]
+        return super().forward(x.flatten(-2))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, head_dim={self.head_dim}, kept_dim={self.kept_dim}"
+
+
+def head_wrapped(lin: nn.Linear, cls: type, head_dim: int, kept_dim: int) -> nn.Linear:
+    """``lin`` as ``cls`` (HeadPadOutLinear / HeadSliceInLinear), sharing its parameters.
+
+    ``kept_dim == head_dim`` returns a plain ``nn.Linear`` (no wrapper needed).
+    """
+    target = nn.Linear if kept_dim == head_dim else cls
+    if type(lin) is target and getattr(lin, "kept_dim", kept_dim) == kept_dim:
+        return lin
+    if target is nn.Linear:
+        new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+    else:
+        new = cls(lin.in_features, lin.out_features, lin.bias is not None, head_dim, kept_dim, device="meta")
+    new.weight = lin.weight
+    new.bias = lin.bias
+    return new
+
+
+def set_attention_heads(attn: nn.Module, v_path: str, o_path: str, n_heads: int, head_dim: int,
+                        v_head_dim: int) -> None:
+    """Give one attention module its head count and value head dim (paths relative to ``attn``)."""
+    for name in HEAD_COUNT_ATTRS:
+        if hasattr(attn, name):
+            setattr(attn, name, int(n_heads))
+    _set(attn, v_path, head_wrapped(_get(attn, v_path), HeadPadOutLinear, head_dim, v_head_dim))
+    _set(attn, o_path, head_wrapped(_get(attn, o_path), HeadSliceInLinear, head_dim, v_head_dim))
+
+
+def _attn_relative(path: str, attn: str) -> str:
+    """Path of a projection relative to the attention module (``self_attn.v_proj`` -> ``v_proj``)."""
+    if not path.startswith(attn + "."):
+        raise SlimformerFormatError(f"projection {path} is not inside the attention module {attn}")
+    return path[len(attn) + 1:]
+
+
+def apply_head_shapes(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Per-layer head counts and value head dims from the plan (blocks without them are unchanged)."""
+    paths, attn_name = plan["paths"], plan["layout"]["attn"]
+    layers = _get(model, paths["layers"])
+    for i, bp in enumerate(plan["blocks"]):
+        if bp.get("n_heads") is None:
+            continue
+        attn = _get(layers[i], attn_name)
+        set_attention_heads(attn, _attn_relative(paths["v"], attn_name), _attn_relative(paths["o"], attn_name),
+                            bp["n_heads"], bp["head_dim"], bp["v_head_dim"])
+
+
+# ----------------------------------------------------------------------------------
 # Loading a saved compressed model (used by slimformer.load_model *and* by
 # AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)).
 # ----------------------------------------------------------------------------------
@@ -244,6 +359,8 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
     layers = _get(model, paths["layers"])
     if len(layers) != len(plan["blocks"]):
         raise SlimformerFormatError(f"plan has {len(plan['blocks'])} blocks but the config builds {len(layers)}")
+    if not plan.get("fused", True):
+        return  # original HF blocks and norms (index pruning): only tensor shapes differ
     for i, bp in enumerate(plan["blocks"]):
         layer = layers[i]
         names = [layout["attn_norm"], layout["attn"]]
@@ -284,12 +401,41 @@ def validate_plan(plan: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> N
         o_key = pre + paths["o"] + ".weight"
         if o_key in shapes and shapes[o_key][0] != after_attn:
             raise SlimformerFormatError(f"tensor {o_key} has shape {list(shapes[o_key])}, the plan says {after_attn} rows")
+        if bp.get("n_heads") is not None:
+            _validate_heads(i, bp, shapes.get(o_key))
         if bp["attn_shortcut"]:
             expect(pre + "attn_shortcut.weight", (after_attn, bp["d_in"]))
         if bp["mlp_shortcut"]:
             expect(pre + "mlp_shortcut.weight", (bp["d_out"], bp["d_mid"]))
     expect(paths["embed"] + ".weight", (shapes.get(paths["embed"] + ".weight", (0,))[0], plan["embed_width"]))
-    expect(paths["head"] + ".weight", (shapes.get(paths["head"] + ".weight", (0,))[0], plan["head_width"]))
+    if not plan.get("tied_head", False):  # a tied head is the embedding, stored once
+        expect(paths["head"] + ".weight", (shapes.get(paths["head"] + ".weight", (0,))[0], plan["head_width"]))
+
+
+def _validate_heads(i: int, bp: dict[str, Any], o_shape: tuple[int, ...] | None) -> None:
+    """Head counts and head dims of block ``i`` must agree with its projection widths."""
+    n_q, n_kv, hd, qk, vd = (bp.get(k) for k in ("n_heads", "n_kv_heads", "head_dim", "qk_head_dim", "v_head_dim"))
+    problems = []
+    if not (isinstance(n_q, int) and isinstance(n_kv, int) and n_q >= 1 and n_kv >= 1 and n_q % n_kv == 0):
+        problems.append(f"n_heads={n_q} must be a positive multiple of n_kv_heads={n_kv}")
+    elif not all(isinstance(x, int) and 1 <= x <= (hd or 0) for x in (qk, vd)):
+        problems.append(f"qk_head_dim={qk} and v_head_dim={vd} must be in [1, head_dim={hd}]")
+    else:
+        if qk != hd:
+            problems.append(f"qk_head_dim={qk} < head_dim={hd} is not supported by this loader")
+        for name, have, want in (("q", bp["q_out"], n_q * qk), ("k", bp["k_out"], n_kv * qk),
+                                 ("v", bp["v_out"], n_kv * vd)):
+            if have != want:
+                problems.append(f"{name} has {have} outputs, heads x head dim give {want}")
+        if o_shape is not None and o_shape[1] != n_q * vd:
+            problems.append(f"o reads {o_shape[1]} channels, n_heads x v_head_dim give {n_q * vd}")
+    if problems:
+        raise SlimformerFormatError(f"block {i}: inconsistent attention shape in the plan: {'; '.join(problems)}")
+
+
+def _tie_head(model: nn.Module, paths: dict[str, Any]) -> None:
+    """Share the input embedding with the LM head (plain models with tied embeddings)."""
+    _get(model, paths["head"]).weight = _get(model, paths["embed"]).weight
 
 
 def _load_state_dict(path: str, dtype: torch.dtype | None, device: Any) -> dict[str, torch.Tensor]:
@@ -344,15 +490,21 @@ def load_compressed(path: str, config: Any = None, dtype: Any = None, device: An
         model = cls(config)
     apply_plan(model, plan, float(plan["norm_eps"]))
     _resize_to_checkpoint(model, shapes)
+    apply_head_shapes(model, plan)
     state = _load_state_dict(path, dtype, device)
     expected = set(model.state_dict().keys())
+    tied = bool(plan.get("tied_head", False))
+    if tied:
+        expected.discard(plan["paths"]["head"] + ".weight")
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing:
         raise SlimformerFormatError(f"tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)")
     if unexpected:
         raise SlimformerFormatError(f"unexpected tensor {unexpected[0]} in the checkpoint ({len(unexpected)} unexpected)")
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=not tied, assign=True)
+    if tied:
+        _tie_head(model, plan["paths"])
     if device is not None:
         model.to(device)  # buffers (rotary tables) follow the weights
     model.eval()

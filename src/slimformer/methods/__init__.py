@@ -6,9 +6,20 @@ from typing import Any
 
 from .base import MethodSpec, Runtime
 from .slicegpt import SliceGPTConfig, apply_slicegpt
+from .fasp import FASPConfig, apply_fasp
+from .baselines import MagnitudeConfig, RandomConfig, WandaSPConfig, apply_magnitude, apply_random, apply_wanda_sp
+from .dotresize import DOTResizeConfig, apply_dotresize
+from .prunenet import PruneNetConfig, apply_prunenet
 
 METHODS: dict[str, MethodSpec] = {
     "slicegpt": MethodSpec("slicegpt", SliceGPTConfig, apply_slicegpt),
+    "fasp": MethodSpec("fasp", FASPConfig, apply_fasp),
+    "magnitude": MethodSpec("magnitude", MagnitudeConfig, apply_magnitude, needs_calibration=False),
+    "wanda-sp": MethodSpec("wanda-sp", WandaSPConfig, apply_wanda_sp),
+    "random": MethodSpec("random", RandomConfig, apply_random, needs_calibration=False),
+    "dotresize": MethodSpec("dotresize", DOTResizeConfig, apply_dotresize),
+    "prunenet": MethodSpec("prunenet", PruneNetConfig, apply_prunenet, needs_calibration=False,
+                           accepts_calibration=False),
 }
 
 
@@ -31,4 +42,5 @@ def spec_for_config(config: Any) -> MethodSpec:
     raise TypeError(f"{type(config).__name__} is not a registered method config")
 
 
-__all__ = ["METHODS", "MethodSpec", "Runtime", "SliceGPTConfig", "get_method", "method_names", "spec_for_config"]
+__all__ = ["FASPConfig", "MagnitudeConfig", "RandomConfig", "WandaSPConfig"]
+__all__ += ["DOTResizeConfig", "PruneNetConfig", "METHODS", "MethodSpec", "Runtime", "SliceGPTConfig", "get_method", "method_names", "spec_for_config"]

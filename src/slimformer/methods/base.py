@@ -38,3 +38,5 @@ class MethodSpec:
     config_cls: type
     apply: ApplyFn
     needs_calibration: bool = True
+    #: False for calibration-free methods (PruneNet): passing data is an error, not silently ignored
+    accepts_calibration: bool = True

@@ -1,0 +1,99 @@
+"""Configuration of FASP and of the structured pruning baselines (same structures, same knobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...core.structures import ATTENTION_MODES
+from ...schedule import _check_fraction, make_schedule, schedule_names
+
+
+#: the ``Attributes:`` entries every pruning config shares (appended to each docstring,
+#: so the generated CLI help documents them for every method)
+SHARED_ATTRIBUTES = """
+    Attributes:
+        sparsity: mean fraction of each block's prunable groups deleted, in [0, 1):
+            MLP intermediate channels and, with ``attention="channels"``, value
+            channels per head (``"heads"``: kv head groups). Q/K rows are only
+            deleted with whole heads.
+        target_params: fraction of the model's *parameters* to remove, in (0, 1):
+            ``sparsity`` is found by bisection on the exact parameter count.
+        attention: ``"channels"`` (value/o channels per head, GQA-aware),
+            ``"heads"`` (whole GQA groups) or ``"none"`` (MLP only; with the
+            uniform schedule the result exports as a plain HF config).
+        schedule: per-layer allocation from :mod:`slimformer.schedule`: ``uniform``
+            (FASP: the same fraction in every layer), ``layer-redundancy`` or
+            ``global`` (both score blocks by Block Influence on the calibration data).
+        damping: relative ridge of the restoration solve, ``damping * mean(diag G[S,S])``
+            added to ``G[S,S]`` (FASP gives no value; 0.01 as SparseGPT/SliceGPT).
+        round_to: kept MLP widths are multiples of this (1 = any width; 8 or 64 give
+            hardware-friendly shapes on large models).
+        gram_dtype: dtype of each calibration batch's X^T X product, float64 (default)
+            or float32 (faster for wide MLPs, much faster on GPUs); sums stay float64.
+"""
+
+
+@dataclass
+class PruningConfig:
+
+    sparsity: float | None = None
+    target_params: float | None = None
+    attention: str = "channels"
+    schedule: str = "uniform"
+    damping: float = 0.01
+    round_to: int = 1
+    gram_dtype: str = "float64"
+
+    method = ""
+
+    def __post_init__(self) -> None:
+        name = self.method or "pruning"
+        if (self.sparsity is None) == (self.target_params is None):
+            raise ValueError(
+                f"{name} needs exactly one of sparsity (--sparsity, fraction of the prunable channels) "
+                "or target_params (--target-params, fraction of the parameters)"
+            )
+        if self.sparsity is not None:
+            self.sparsity = _check_fraction("sparsity", self.sparsity)
+        if self.target_params is not None:
+            self.target_params = _check_fraction("target_params", self.target_params, allow_zero=False)
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
+        if self.schedule not in schedule_names():
+            raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(schedule_names())}")
+        if not float(self.damping) >= 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping!r}")
+        r = self.round_to
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or float(r) != int(r) or int(r) < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {r!r}")
+        self.round_to = int(r)
+        if self.gram_dtype not in ("float64", "float32"):
+            raise ValueError(f"gram_dtype must be float64 or float32, got {self.gram_dtype!r}")
+        make_schedule(self.schedule)
+
+    @property
+    def restores(self) -> bool:
+        """Whether the kept weights of the second linears are refitted by least squares."""
+        raise NotImplementedError
+
+
+PruningConfig.__doc__ = """Settings shared by every structured pruning method (not registered itself).
+
+    Give exactly one of ``sparsity`` or ``target_params``.
+""" + SHARED_ATTRIBUTES
+
+
+@dataclass
+class FASPConfig(PruningConfig):
+    no_restore: bool = False
+
+    method = "fasp"
+
+    @property
+    def restores(self) -> bool:
+        return not self.no_restore
+
+
+FASPConfig.__doc__ = """FASP (Hu et al., 2025): Wanda-style column scores + least-squares restoration.
+""" + SHARED_ATTRIBUTES + """        no_restore: skip the restoration (then FASP equals the wanda-sp baseline).
+"""

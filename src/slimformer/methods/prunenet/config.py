@@ -1,0 +1,78 @@
+"""Configuration of PruneNet (FFN-only structured pruning, no calibration data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class PruneNetConfig(PruningConfig):
+    attention: str = "none"
+    episodes: int = 60
+    lr: float = 1e-2
+    gamma: float = 0.99
+    policy_hidden: int = 64
+    samples: int = 4
+    train_sparsity: float | None = None
+    policy: str | None = None
+    prune_seed: int = 0
+
+    method = "prunenet"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attention != "none":
+            raise ValueError("prunenet prunes the FFN only (the paper found attention pruning hurt): "
+                             f"attention must be 'none', got {self.attention!r}")
+        if self.schedule != "uniform":
+            raise ValueError(f"prunenet is calibration-free, but schedule {self.schedule!r} needs calibration "
+                             "data (Block Influence scores); use schedule 'uniform'")
+        self.episodes = _positive_int("episodes", self.episodes)
+        self.policy_hidden = _positive_int("policy_hidden", self.policy_hidden)
+        self.samples = _positive_int("samples", self.samples)
+        if self.samples < 2:
+            raise ValueError("samples must be >= 2 (the REINFORCE baseline is the mean reward of the other samples)")
+        if not float(self.lr) > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0.0 < float(self.gamma) <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        if self.train_sparsity is not None and not 0.0 < float(self.train_sparsity) < 1.0:
+            raise ValueError(f"train_sparsity must be in (0, 1), got {self.train_sparsity!r}")
+        if self.policy is not None and not Path(self.policy).is_file():
+            raise FileNotFoundError(f"policy file {self.policy} does not exist (it is the policy.safetensors "
+                                    "written next to a model compressed with --method prunenet)")
+        if isinstance(self.prune_seed, bool) or int(self.prune_seed) != self.prune_seed:
+            raise ValueError(f"prune_seed must be an integer, got {self.prune_seed!r}")
+
+    @property
+    def restores(self) -> bool:
+        return False  # restoration would need calibration data
+
+
+PruneNetConfig.__doc__ = """PruneNet (Sengupta et al., ICLR 2025): a policy network scores FFN channels from the
+    weights alone, trained with REINFORCE so the pruned first FFN matrix keeps the singular
+    value distribution of the original (Kolmogorov-Smirnov reward). No calibration data.
+    attention is always "none" and schedule "uniform" (both need no data).
+""" + SHARED_ATTRIBUTES + """\
+        episodes: REINFORCE episodes (one pass over all layers each; paper code: 20).
+            Default 60: with 20 the policy's top-k keep-sets are no better than random ones
+            on stories260k's spectral reward (measured; see policy.py).
+        lr: AdamW learning rate of the policy (paper code: 1e-3; default 1e-2, same reason).
+        gamma: layer discount, layer i's reward is weighted gamma**i (paper code: 0.99).
+        policy_hidden: hidden width of the per-channel policy MLP.
+        samples: keep-sets sampled per layer and episode; the baseline of each is the mean
+            reward of the others.
+        train_sparsity: fraction of channels dropped while training (default: the sparsity
+            being applied); a trained policy prunes at any other sparsity without retraining.
+        policy: path of a saved policy.safetensors: prune with it, no training.
+        prune_seed: seed of the policy initialisation and of the sampled keep-sets.
+"""
