@@ -8,7 +8,7 @@ from .arch import UnsupportedModelError, supported_model_types  # noqa: E402
 from .methods import SliceGPTConfig  # noqa: E402
 from .methods import FASPConfig, MagnitudeConfig, RandomConfig, WandaSPConfig  # noqa: E402
 from .methods import DOTResizeConfig  # noqa: E402
-from .methods import PruneNetConfig  # noqa: E402
+from .methods import MoDeGPTConfig, PruneNetConfig  # noqa: E402
 from .finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402  (sf.finetune is the function)
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "RandomConfig",
     "WandaSPConfig",
     "DOTResizeConfig",
+    "MoDeGPTConfig",
     "PruneNetConfig",
     "FinetuneConfig",
     "FinetuneResult",

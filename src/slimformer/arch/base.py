@@ -53,6 +53,11 @@ class ArchAdapter:
         pos_embed: model-level path of learned positional embeddings (OPT).
         head: model-level path of the LM head.
         mlp_width_config_attr: config field holding the MLP width (plain export).
+        rope: q/k are rotated by RoPE in HF's ``rotate_half`` layout (channels ``j`` and
+            ``j + r/2`` together; ``config.partial_rotary_factor`` gives ``r``);
+            False for learned positions (OPT).
+        head_norms: q/k carry a per-head norm over the head dim (Qwen3), so q/k head
+            dims cannot be cut.
         validate: optional check of the config raising UnsupportedModelError.
     """
 
@@ -77,6 +82,8 @@ class ArchAdapter:
     mlp_width_config_attr: str = "intermediate_size"
     pos_embed: str | None = None
     head: str = "lm_head"
+    rope: bool = True
+    head_norms: bool = False
     validate: Callable[[Any], None] | None = field(default=None, compare=False)
 
     # ----- derived, read-only views -------------------------------------------------

@@ -29,9 +29,10 @@ def _check_phi(config: Any) -> None:
         raise UnsupportedModelError("Phi variant not supported: qk_layernorm=True")
 
 
-def _llama_like(name: str, model_types: tuple[str, ...]) -> ArchAdapter:
+def _llama_like(name: str, model_types: tuple[str, ...], head_norms: bool = False) -> ArchAdapter:
     """Llama-style: RMSNorm, sequential block, gated MLP, tied or untied head."""
     return ArchAdapter(
+        head_norms=head_norms,
         name=name,
         model_types=model_types,
         layers="model.layers",
@@ -54,7 +55,7 @@ def _llama_like(name: str, model_types: tuple[str, ...]) -> ArchAdapter:
 LLAMA = _llama_like("llama", ("llama",))
 MISTRAL = _llama_like("mistral", ("mistral",))
 QWEN2 = _llama_like("qwen2", ("qwen2",))  # q/k/v biases: outputs, unaffected by residual rotation
-QWEN3 = _llama_like("qwen3", ("qwen3",))  # per-head q/k RMSNorm acts on head dims, not the residual
+QWEN3 = _llama_like("qwen3", ("qwen3",), head_norms=True)  # per-head q/k RMSNorm acts on head dims, not the residual
 
 OPT = ArchAdapter(
     name="opt",
@@ -76,6 +77,7 @@ OPT = ArchAdapter(
     mlp=None,
     act_config_attr="activation_function",
     mlp_width_config_attr="ffn_dim",
+    rope=False,  # learned positional embeddings
     validate=_check_opt,
 )
 

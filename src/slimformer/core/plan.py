@@ -33,7 +33,9 @@ class BlockPlan:
     reshapes with (the base config's), ``qk_head_dim`` the q/k channels kept per
     head (== ``head_dim`` until a method cuts q/k) and ``v_head_dim`` the value
     channels kept per head (``<= head_dim``; see
-    :class:`slimformer.io.modeling_slimformer.HeadPadOutLinear`).
+    :class:`slimformer.io.modeling_slimformer.HeadPadOutLinear`); ``qk_index`` the kept
+    q/k channel positions per kv head when ``qk_head_dim < head_dim`` (MoDeGPT; see
+    :class:`slimformer.io.modeling_slimformer.HeadScatterOutLinear`).
     """
 
     d_in: int
@@ -50,6 +52,7 @@ class BlockPlan:
     head_dim: int | None = None
     qk_head_dim: int | None = None
     v_head_dim: int | None = None
+    qk_index: list[list[int]] | None = None
 
 
 @dataclass
@@ -104,6 +107,8 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         up = get_module(block, adapter.up)
         d_mid = None if adapter.parallel else o.out_features
         v_hd = int(getattr(v, "kept_dim", hd))
+        kv_index = getattr(k, "index", None)  # HeadScatterOutLinear: kept q/k channels per kv head
+        qk_hd = hd if kv_index is None else int(kv_index.shape[1])
         blocks.append(
             BlockPlan(
                 d_in=q.in_features,
@@ -115,11 +120,12 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
                 k_out=k.out_features,
                 v_out=v.out_features,
                 mlp_width=up.out_features,
-                n_heads=q.out_features // hd,
-                n_kv_heads=k.out_features // hd,
+                n_heads=q.out_features // qk_hd,
+                n_kv_heads=k.out_features // qk_hd,
                 head_dim=hd,
-                qk_head_dim=hd,
+                qk_head_dim=qk_hd,
                 v_head_dim=v_hd,
+                qk_index=None if kv_index is None else kv_index.tolist(),
             )
         )
     head = get_module(model, adapter.head)

@@ -201,6 +201,50 @@ class HeadSliceInLinear(nn.Linear):
         return f"{super().extra_repr()}, head_dim={self.head_dim}, kept_dim={self.kept_dim}"
 
 
+class HeadScatterOutLinear(nn.Linear):
+    """Linear whose heads keep ``k`` of ``head_dim`` channels at fixed positions (MoDeGPT q/k).
+
+    Weight ``[n_heads * k, in]``; forward ``x: [.., in] -> [.., n_heads * head_dim]`` with
+    head ``h``'s outputs written to channels ``index[h]`` and zeros elsewhere. Positions
+    (not "first k") matter because RoPE rotates channel ``j`` with ``j + r/2`` at a
+    frequency set by ``j``; with q and k of a head scattered to the same positions, every
+    query-key product only sums the kept channels, exactly. ``index: [n_heads, k]`` is a
+    non-persistent buffer (the plan stores it), so the state-dict keys are a plain Linear's.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, head_dim: int, index: Any,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        idx = torch.as_tensor(index, dtype=torch.long)
+        if idx.dim() != 2 or idx.numel() != out_features or int(idx.max()) >= head_dim or int(idx.min()) < 0:
+            raise ValueError(f"index {tuple(idx.shape)} does not describe {out_features} outputs in heads of {head_dim}")
+        self.head_dim, self.kept_dim = int(head_dim), int(idx.shape[1])
+        self.register_buffer("index", idx, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)  # [.., n_heads * k]
+        y = y.view(*y.shape[:-1], self.index.shape[0], self.kept_dim)  # [.., n_heads, k]
+        out = y.new_zeros(*y.shape[:-1], self.head_dim)  # [.., n_heads, head_dim]
+        out.scatter_(-1, self.index.to(y.device).expand_as(y), y)
+        return out.flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, head_dim={self.head_dim}, kept_dim={self.kept_dim}"
+
+
+def set_qk_dims(attn: nn.Module, q_path: str, k_path: str, head_dim: int, kv_index: Any, n_rep: int) -> None:
+    """Make q/k of one attention module scatter their kept channels (``kv_index: [n_kv, k]``,
+    one row per kv head; its ``n_rep`` query heads use the same positions)."""
+    kv = torch.as_tensor(kv_index, dtype=torch.long)
+    for path, idx in ((q_path, kv.repeat_interleave(n_rep, dim=0)), (k_path, kv)):
+        lin = _get(attn, path)
+        new = HeadScatterOutLinear(lin.in_features, lin.out_features, lin.bias is not None, head_dim, idx,
+                                   device=lin.weight.device, dtype=lin.weight.dtype)
+        new.weight = lin.weight
+        new.bias = lin.bias
+        _set(attn, path, new)
+
+
 def head_wrapped(lin: nn.Linear, cls: type, head_dim: int, kept_dim: int) -> nn.Linear:
     """``lin`` as ``cls`` (HeadPadOutLinear / HeadSliceInLinear), sharing its parameters.
 
@@ -245,6 +289,9 @@ def apply_head_shapes(model: nn.Module, plan: dict[str, Any]) -> None:
         attn = _get(layers[i], attn_name)
         set_attention_heads(attn, _attn_relative(paths["v"], attn_name), _attn_relative(paths["o"], attn_name),
                             bp["n_heads"], bp["head_dim"], bp["v_head_dim"])
+        if bp.get("qk_index") is not None:
+            set_qk_dims(attn, _attn_relative(paths["q"], attn_name), _attn_relative(paths["k"], attn_name),
+                        bp["head_dim"], bp["qk_index"], bp["n_heads"] // bp["n_kv_heads"])
 
 
 # ----------------------------------------------------------------------------------
@@ -421,8 +468,12 @@ def _validate_heads(i: int, bp: dict[str, Any], o_shape: tuple[int, ...] | None)
     elif not all(isinstance(x, int) and 1 <= x <= (hd or 0) for x in (qk, vd)):
         problems.append(f"qk_head_dim={qk} and v_head_dim={vd} must be in [1, head_dim={hd}]")
     else:
-        if qk != hd:
-            problems.append(f"qk_head_dim={qk} < head_dim={hd} is not supported by this loader")
+        idx = bp.get("qk_index")
+        if qk != hd and idx is None:
+            problems.append(f"qk_head_dim={qk} < head_dim={hd} needs qk_index (kept q/k channels per kv head)")
+        if idx is not None and not (len(idx) == n_kv and all(
+                len(r) == qk and len(set(r)) == qk and all(isinstance(j, int) and 0 <= j < hd for j in r) for r in idx)):
+            problems.append(f"qk_index must list {qk} distinct channels in [0, {hd}) for each of {n_kv} kv heads")
         for name, have, want in (("q", bp["q_out"], n_q * qk), ("k", bp["k_out"], n_kv * qk),
                                  ("v", bp["v_out"], n_kv * vd)):
             if have != want:

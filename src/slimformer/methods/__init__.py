@@ -10,6 +10,7 @@ from .fasp import FASPConfig, apply_fasp
 from .baselines import MagnitudeConfig, RandomConfig, WandaSPConfig, apply_magnitude, apply_random, apply_wanda_sp
 from .dotresize import DOTResizeConfig, apply_dotresize
 from .prunenet import PruneNetConfig, apply_prunenet
+from .modegpt import MoDeGPTConfig, apply_modegpt
 
 METHODS: dict[str, MethodSpec] = {
     "slicegpt": MethodSpec("slicegpt", SliceGPTConfig, apply_slicegpt),
@@ -18,6 +19,7 @@ METHODS: dict[str, MethodSpec] = {
     "wanda-sp": MethodSpec("wanda-sp", WandaSPConfig, apply_wanda_sp),
     "random": MethodSpec("random", RandomConfig, apply_random, needs_calibration=False),
     "dotresize": MethodSpec("dotresize", DOTResizeConfig, apply_dotresize),
+    "modegpt": MethodSpec("modegpt", MoDeGPTConfig, apply_modegpt),
     "prunenet": MethodSpec("prunenet", PruneNetConfig, apply_prunenet, needs_calibration=False,
                            accepts_calibration=False),
 }
@@ -43,4 +45,4 @@ def spec_for_config(config: Any) -> MethodSpec:
 
 
 __all__ = ["FASPConfig", "MagnitudeConfig", "RandomConfig", "WandaSPConfig"]
-__all__ += ["DOTResizeConfig", "PruneNetConfig", "METHODS", "MethodSpec", "Runtime", "SliceGPTConfig", "get_method", "method_names", "spec_for_config"]
+__all__ += ["DOTResizeConfig", "MoDeGPTConfig", "PruneNetConfig", "METHODS", "MethodSpec", "Runtime", "SliceGPTConfig", "get_method", "method_names", "spec_for_config"]
