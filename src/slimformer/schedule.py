@@ -60,6 +60,17 @@ def _check_fraction(name: str, value: float, *, allow_zero: bool = True) -> floa
     return v
 
 
+def check_budget(method: str, sparsity: float | None, target_params: float | None,
+                 sparsity_means: str) -> tuple[float | None, float | None]:
+    """Every method's budget: exactly one of ``sparsity`` (a fraction in [0, 1) of what
+    ``sparsity_means`` says) or ``target_params`` (a fraction in (0, 1) of the parameters)."""
+    if (sparsity is None) == (target_params is None):
+        raise ValueError(f"{method} needs exactly one of sparsity (--sparsity, {sparsity_means}) "
+                         "or target_params (--target-params, fraction of the parameters)")
+    return (None if sparsity is None else _check_fraction("sparsity", sparsity),
+            None if target_params is None else _check_fraction("target_params", target_params, allow_zero=False))
+
+
 def _check_scores(scores: Sequence[float] | None, n_layers: int, schedule: str) -> list[float]:
     if scores is None:
         raise ValueError(f"schedule {schedule!r} needs per-layer scores (BI), got none")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ...schedule import check_budget
 from ..slicegpt.config import SliceGPTConfig
 from .ot import COSTS, TARGET_INITS, TARGET_MARGINALS
 
@@ -81,11 +82,7 @@ class DOTResizeConfig:
     method = "dotresize"
 
     def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.target_params is None):
-            raise ValueError(
-                "dotresize needs exactly one of sparsity (--sparsity, fraction of the width d) "
-                "or target_params (--target-params, fraction of the parameters)"
-            )
+        check_budget(self.method, self.sparsity, self.target_params, "fraction of the width d")
         widths = self.widths_config()  # validates the width/schedule fields
         self.sparsity, self.target_params, self.round_to = widths.sparsity, widths.target_params, widths.round_to
         if self.where not in WHERE:

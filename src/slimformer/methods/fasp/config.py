@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.structures import ATTENTION_MODES
-from ...schedule import _check_fraction, make_schedule, schedule_names
+from ...schedule import check_budget, make_schedule, schedule_names
 
 
 #: the ``Attributes:`` entries every pruning config shares (appended to each docstring,
@@ -47,16 +47,8 @@ class PruningConfig:
     method = ""
 
     def __post_init__(self) -> None:
-        name = self.method or "pruning"
-        if (self.sparsity is None) == (self.target_params is None):
-            raise ValueError(
-                f"{name} needs exactly one of sparsity (--sparsity, fraction of the prunable channels) "
-                "or target_params (--target-params, fraction of the parameters)"
-            )
-        if self.sparsity is not None:
-            self.sparsity = _check_fraction("sparsity", self.sparsity)
-        if self.target_params is not None:
-            self.target_params = _check_fraction("target_params", self.target_params, allow_zero=False)
+        self.sparsity, self.target_params = check_budget(
+            self.method or "pruning", self.sparsity, self.target_params, "fraction of the prunable channels")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
         if self.schedule not in schedule_names():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...schedule import Schedule, _check_fraction, make_schedule, schedule_names
+from ...schedule import Schedule, check_budget, make_schedule, schedule_names
 
 MODULES = ("mlp", "qk", "vo")
 
@@ -44,13 +44,8 @@ class MoDeGPTConfig:
     method = "modegpt"
 
     def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.target_params is None):
-            raise ValueError("modegpt needs exactly one of sparsity (--sparsity, fraction of each module's "
-                             "inner dimension) or target_params (--target-params, fraction of the parameters)")
-        if self.sparsity is not None:
-            self.sparsity = _check_fraction("sparsity", self.sparsity)
-        if self.target_params is not None:
-            self.target_params = _check_fraction("target_params", self.target_params, allow_zero=False)
+        self.sparsity, self.target_params = check_budget(
+            self.method, self.sparsity, self.target_params, "fraction of each module's inner dimension")
         mods = [m.strip() for m in str(self.modules).split(",") if m.strip()]
         bad = [m for m in mods if m not in MODULES]
         if bad or not mods or len(set(mods)) != len(mods):

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from ...schedule import DEFAULT_BASE_RATIO, Schedule, make_schedule, schedule_names
+from ...schedule import DEFAULT_BASE_RATIO, Schedule, _check_fraction, check_budget, make_schedule, schedule_names
 
 #: ``round_to`` when none is given: SliceGPT's multiple of 8 for the uniform schedule
 #: driven by ``sparsity``; single dimensions otherwise (see :meth:`SliceGPTConfig.resolved_round_to`).
 UNIFORM_ROUND_TO = 8
-
-
-def _fraction(name: str, value: object, lo_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
-    v = float(value) if ok else float("nan")  # type: ignore[arg-type]
-    if not ok or not ((v > 0.0 if lo_open else v >= 0.0) and v < 1.0):
-        raise ValueError(f"{name} must be in {'(0' if lo_open else '[0'}, 1), got {value!r}")
-    return v
 
 
 @dataclass
@@ -64,15 +55,8 @@ class SliceGPTConfig:
     method = "slicegpt"
 
     def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.target_params is None):
-            raise ValueError(
-                "slicegpt needs exactly one of sparsity (--sparsity, fraction of the width d) "
-                "or target_params (--target-params, fraction of the parameters)"
-            )
-        if self.sparsity is not None:
-            self.sparsity = _fraction("sparsity", self.sparsity)
-        if self.target_params is not None:
-            self.target_params = _fraction("target_params", self.target_params, lo_open=True)
+        self.sparsity, self.target_params = check_budget(
+            self.method, self.sparsity, self.target_params, "fraction of the width d")
         if self.round_to is not None:
             r = self.round_to
             if isinstance(r, bool) or not isinstance(r, (int, float)) or float(r) != int(r) or int(r) < 1:
@@ -85,7 +69,7 @@ class SliceGPTConfig:
         if self.slicing_base is not None:
             if self.schedule != "layer-redundancy":
                 raise ValueError(f"slicing_base only applies to schedule 'layer-redundancy', not {self.schedule!r}")
-            self.slicing_base = _fraction("slicing_base", self.slicing_base)
+            self.slicing_base = _check_fraction("slicing_base", self.slicing_base)
             if self.sparsity is not None and self.slicing_base > self.sparsity:
                 raise ValueError(
                     f"slicing_base {self.slicing_base} must not exceed sparsity {self.sparsity} "
