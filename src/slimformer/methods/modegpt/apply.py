@@ -23,7 +23,8 @@ pair score ``sqrt((C_Q[j,j]+C_Q[j',j']) (C_K[j,j]+C_K[j',j']))`` summed over a k
 heads (RoPE-invariant, see :mod:`.solve`); one fraction per layer for all three modules
 (global softmax allocation on BI, temperature 0.15, cap 0.8); the kept q/k dims are
 ``2 * round((1 - f) hd / 2)`` when all dims are rotary (whole pairs), value dims
-``round((1 - f) hd)``, MLP channels ``round((1 - f) I)``, each at least 1 group.
+``round((1 - f) hd)``, MLP channels ``round((1 - f) I)`` (nearest for every schedule), each
+at least 1 group.
 Qwen3's per-head q/k norms act on the head dim: ``qk`` is refused there.
 """
 
@@ -130,7 +131,9 @@ def plan_counts(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig, s
 
     def build(sp: float) -> ModePlan:
         fs = schedule.fractions(sp, len(layers), scores)
-        counts = tuple(layer_counts(b, adapter, model.config, f, mods, schedule.rounding) for b, f in zip(layers, fs))
+        # nearest, not SliceGPT's floor: q/k dims move in RoPE pairs, and flooring a small head dim
+        # (hd 8 -> pairs of 4) would cut q/k far deeper than the fraction asks
+        counts = tuple(layer_counts(b, adapter, model.config, f, mods, "nearest") for b, f in zip(layers, fs))
         after = pruned_param_count(model, adapter, [LayerCounts(c.mlp, c.v) for c in counts])
         after -= sum(_qk_removed(b, adapter, model.config, c.qk) for b, c in zip(layers, counts))
         return ModePlan(sp, tuple(fs), counts, after, before)
