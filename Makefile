@@ -11,6 +11,7 @@ MODEL  ?= $(SHARED)/models/stories260k
 CALIB  ?= $(SHARED)/data/tinystories/tinystories_train_prefix.txt
 EVAL   ?= $(SHARED)/data/tinystories/tinystories_valid_prefix.txt
 SPARSITY ?= 0.25
+METHOD ?= slicegpt
 SEQLEN ?= 256
 EVAL_SEQLEN ?= 512
 
@@ -30,7 +31,7 @@ install: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed-test
 	SHARED=$(SHARED) $(PY) benchmarks/demo.py --model "$(MODEL)" --calib "$(CALIB)" --eval "$(EVAL)" \
-		--sparsity $(SPARSITY) --calib-seqlen $(SEQLEN) --eval-seqlen $(EVAL_SEQLEN)
+		--method $(METHOD) --sparsity $(SPARSITY) --calib-seqlen $(SEQLEN) --eval-seqlen $(EVAL_SEQLEN)
 
 # pytest's exit code 5 ("no tests collected") counts as a failure.
 test: $(VENV)/.installed-test
