@@ -15,6 +15,7 @@ from torch import nn
 
 from . import __version__
 from .arch import get_adapter
+from .calib.dist import current as dist_current, shard
 from .core.plan import ShapePlan, plan_from_model
 from .io.format import load_model, save_compressed
 from .memory import peak_rss_mb
@@ -118,6 +119,9 @@ def compress(
     if calib is not None and not spec.accepts_calibration:
         raise ValueError(f"method {spec.name} is calibration-free: call compress() without calib")
     ids, ident = _calib_tensor(calib) if calib is not None else (None, None)
+    world = dist_current().world
+    if ids is not None and world > 1:
+        ids = shard(ids)  # data-parallel: statistics are all-reduced, every rank solves the same problem
     if ids is not None and int(ids.max()) >= model.config.vocab_size:
         raise ValueError(f"calibration token id {int(ids.max())} >= vocab size {model.config.vocab_size}: wrong tokenizer?")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -147,6 +151,7 @@ def compress(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": str(dev),
         "calibration": ident,
+        "world_size": world,
         "layers": plan.widths_table(),
         **extra,
     }

@@ -211,13 +211,24 @@ def _check_architecture(name: str) -> None:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
+    """Compress; under ``torchrun`` every rank calibrates on its shard and rank 0 saves."""
+    from .calib import dist
+
+    config = build_method_config(args.method, args)  # validates sparsity etc. before any work
+    check_device(args.device)
+    info, device = dist.init_from_env(args.device)
+    try:
+        return _compress(args, config, str(device), info)
+    finally:
+        dist.shutdown()
+
+
+def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> int:
     from .api import compress, load_model
     from .data import load, load_text
     from .io.format import check_output_dir
     from .methods import get_method
 
-    config = build_method_config(args.method, args)  # validates sparsity etc. before any work
-    check_device(args.device)
     if args.out:
         check_output_dir(args.out, args.overwrite)
     spec = get_method(args.method)
@@ -235,10 +246,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
         calib = load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
     result = compress(
-        model, config, calib, device=args.device, batch_size=args.batch_size,
-        offload_activations=args.offload_activations, progress=not args.no_progress,
+        model, config, calib, device=device, batch_size=args.batch_size,
+        offload_activations=args.offload_activations, progress=not args.no_progress and info.main,
         tokenizer=tok, seed=args.seed,
     )
+    if not info.main:  # every rank holds the same compressed model; rank 0 reports and saves
+        return 0  # (no collective follows compress(), so no rank can be left waiting)
     r = result.report
     print(
         f"{r['method']}: params {r['params_before']:,} -> {r['params_after']:,} "
@@ -248,6 +261,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         t = r["target_params"]
         print(f"target params: requested {100 * t['requested']:.2f}% removed, achieved {100 * t['achieved']:.2f}% "
               f"({r.get('schedule')} schedule, mean slicing {r.get('sparsity', 0):.4f})")
+    if r.get("world_size", 1) > 1:
+        print(f"data-parallel calibration over {r['world_size']} ranks")
     if args.out:
         out = result.save(args.out, overwrite=args.overwrite, plain=args.plain)
         print(f"saved to {out}")

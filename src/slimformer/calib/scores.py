@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import ArchAdapter
+from .dist import all_reduce_sum
 from .runner import capture_block_inputs, model_device
 
 logger = logging.getLogger("slimformer.calib.scores")
@@ -102,6 +103,8 @@ def block_scores(
             tokens += cos.numel()
             inputs.hidden[b] = y.to(inputs.storage)
         layers[li] = block.to(home)
+        sums = all_reduce_sum(torch.tensor([float(total), float(tokens)], dtype=torch.float64))
+        total, tokens = sums[0], int(sums[1])  # over every rank's calibration shard
         c = float(total / tokens)
         cosine.append(c)
         bi.append(1.0 - c)
