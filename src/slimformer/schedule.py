@@ -60,6 +60,15 @@ def _check_fraction(name: str, value: float, *, allow_zero: bool = True) -> floa
     return v
 
 
+def check_int(name: str, value: object, minimum: int | None = None) -> int:
+    """``value`` as an int; ValueError unless it is an integral number (not a bool) ``>= minimum``."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and float(value) == int(value)
+    if not ok or (minimum is not None and int(value) < minimum):  # type: ignore[arg-type]
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
+
+
 def check_budget(method: str, sparsity: float | None, target_params: float | None,
                  sparsity_means: str) -> tuple[float | None, float | None]:
     """Every method's budget: exactly one of ``sparsity`` (a fraction in [0, 1) of what

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...schedule import check_int
 from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
 
 
@@ -47,9 +48,7 @@ class RandomConfig(_BaselineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.prune_seed, bool) or int(self.prune_seed) != self.prune_seed:
-            raise ValueError(f"prune_seed must be an integer, got {self.prune_seed!r}")
-        self.prune_seed = int(self.prune_seed)
+        self.prune_seed = check_int("prune_seed", self.prune_seed)
 
 
 for _cls in (MagnitudeConfig, WandaSPConfig, RandomConfig):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ...schedule import check_budget
+from ...schedule import check_budget, check_int
 from ..slicegpt.config import SliceGPTConfig
 from .ot import COSTS, TARGET_INITS, TARGET_MARGINALS
 
@@ -102,15 +102,10 @@ class DOTResizeConfig:
             raise ValueError(
                 f"unknown target_marginal {self.target_marginal!r}; available: {', '.join(TARGET_MARGINALS)}"
             )
-        it = self.sinkhorn_iters
-        if isinstance(it, bool) or not isinstance(it, (int, float)) or float(it) != int(it) or int(it) < 1:
-            raise ValueError(f"sinkhorn_iters must be an integer >= 1, got {it!r}")
-        self.sinkhorn_iters = int(it)
+        self.sinkhorn_iters = check_int("sinkhorn_iters", self.sinkhorn_iters, 1)
         if not (isinstance(self.sinkhorn_tol, (int, float)) and self.sinkhorn_tol > 0):
             raise ValueError(f"sinkhorn_tol must be > 0, got {self.sinkhorn_tol!r}")
-        if float(self.target_seed) != int(self.target_seed):
-            raise ValueError(f"target_seed must be an integer, got {self.target_seed!r}")
-        self.target_seed = int(self.target_seed)
+        self.target_seed = check_int("target_seed", self.target_seed)
         if self.where == "mlp" and self.slice_head:
             raise ValueError("slice_head applies to where='residual' only")
 

@@ -71,11 +71,14 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """Kept group counts per layer for one mean sparsity (duck-types the schedule's bisection)."""
+    """Kept group counts per layer for one mean sparsity (duck-types the schedule's bisection).
+
+    ``counts``: one entry per layer (:class:`LayerCounts` here; MoDeGPT's per-module counts there).
+    """
 
     sparsity: float
     fractions: tuple[float, ...]
-    counts: tuple[LayerCounts, ...]
+    counts: tuple[Any, ...]
     params_after: int
     params_before: int
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.structures import ATTENTION_MODES
-from ...schedule import check_budget, make_schedule, schedule_names
+from ...schedule import check_budget, check_int, make_schedule, schedule_names
 
 
 #: the ``Attributes:`` entries every pruning config shares (appended to each docstring,
@@ -55,10 +55,7 @@ class PruningConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(schedule_names())}")
         if not float(self.damping) >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping!r}")
-        r = self.round_to
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or float(r) != int(r) or int(r) < 1:
-            raise ValueError(f"round_to must be an integer >= 1, got {r!r}")
-        self.round_to = int(r)
+        self.round_to = check_int("round_to", self.round_to, 1)
         if self.gram_dtype not in ("float64", "float32"):
             raise ValueError(f"gram_dtype must be float64 or float32, got {self.gram_dtype!r}")
         make_schedule(self.schedule)

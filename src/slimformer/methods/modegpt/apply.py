@@ -40,12 +40,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...arch import ArchAdapter, get_module
-from ...calib.grams import block_view
+from ...calib.grams import _capture, block_view
 from ...calib.runner import BlockInputs, capture_block_inputs, model_device
 from ...calib.scores import block_scores
 from ...calib.stats import Covariance
 from ...core.fuse import is_slim
 from ...core.plan import config_head_dim
+from ...core.shrink import keep_outputs
 from ...core.structures import (
     BlockKeep,
     LayerCounts,
@@ -58,6 +59,7 @@ from ...core.structures import (
 from ...io.modeling_slimformer import _attn_relative, set_attention_heads, set_qk_dims
 from ...schedule import Schedule, _bisect_target, width_from_fraction
 from ..base import Runtime
+from ..fasp.apply import PrunePlan
 from .config import MoDeGPTConfig
 from .solve import ridge_leverage_scores, rope_groups, select_qk_dims, vo_decompose
 
@@ -71,19 +73,6 @@ class ModuleCounts:
     mlp: int
     qk: int
     v: int
-
-
-@dataclass(frozen=True)
-class ModePlan:
-    sparsity: float
-    fractions: tuple[float, ...]
-    counts: tuple[ModuleCounts, ...]
-    params_after: int
-    params_before: int
-
-    @property
-    def removed_fraction(self) -> float:
-        return 1.0 - self.params_after / self.params_before
 
 
 def rotary_dim(config: Any, adapter: ArchAdapter, head_dim: int) -> int:
@@ -123,20 +112,20 @@ def _qk_removed(block: nn.Module, adapter: ArchAdapter, config: Any, qk: int) ->
 
 
 def plan_counts(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig, schedule: Schedule,
-                scores: Sequence[float] | None) -> ModePlan:
+                scores: Sequence[float] | None) -> PrunePlan:
     """Per-layer kept sizes from ``config.sparsity`` or, by bisection, ``config.target_params``."""
     layers = adapter.get_layers(model)
     before = sum(p.numel() for p in model.parameters())
     mods = config.module_set
 
-    def build(sp: float) -> ModePlan:
+    def build(sp: float) -> PrunePlan:
         fs = schedule.fractions(sp, len(layers), scores)
         # nearest, not SliceGPT's floor: q/k dims move in RoPE pairs, and flooring a small head dim
         # (hd 8 -> pairs of 4) would cut q/k far deeper than the fraction asks
         counts = tuple(layer_counts(b, adapter, model.config, f, mods, "nearest") for b, f in zip(layers, fs))
         after = pruned_param_count(model, adapter, [LayerCounts(c.mlp, c.v) for c in counts])
         after -= sum(_qk_removed(b, adapter, model.config, c.qk) for b, c in zip(layers, counts))
-        return ModePlan(sp, tuple(fs), counts, after, before)
+        return PrunePlan(sp, tuple(fs), counts, after, before)  # counts: ModuleCounts per layer
 
     if config.sparsity is not None:
         return build(config.sparsity)
@@ -218,10 +207,8 @@ def compress_qk(block: nn.Module, adapter: ArchAdapter, config: Any, G_x: torch.
     kv_index = torch.stack(keep)  # [n_kv, k]
     q_rows = torch.cat([h * hd + kv_index[h // n_rep] for h in range(shape.n_heads)])
     k_rows = torch.cat([g * hd + kv_index[g] for g in range(shape.n_kv_heads)])
-    for lin, rows in ((q, q_rows), (kproj, k_rows)):
-        W = lin.weight.detach().index_select(0, rows.to(lin.weight.device))
-        b = lin.bias.detach().index_select(0, rows.to(lin.weight.device)) if lin.bias is not None else None
-        _replace(lin, W, b)
+    keep_outputs(q, q_rows)
+    keep_outputs(kproj, k_rows)
     attn = get_module(block, adapter.attn)
     set_qk_dims(attn, _attn_relative(adapter.q, adapter.attn), _attn_relative(adapter.k, adapter.attn), hd,
                 kv_index, n_rep)
@@ -246,14 +233,6 @@ def compress_mlp(block: nn.Module, adapter: ArchAdapter, config: Any, G_h: torch
 def _augmented_gram(acc: Covariance) -> Any:
     def hook(_m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
         acc.update(torch.cat([out, torch.ones_like(out[..., :1])], dim=-1))
-
-    return hook
-
-
-def _cache_input(acc: Covariance, store: list[torch.Tensor], storage: torch.device) -> Any:
-    def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
-        acc.update(args[0])
-        store.append(args[0].to(storage))
 
     return hook
 
@@ -299,7 +278,7 @@ class _Compressor:
         rec = self.attention(li, block, acc_x.value())
         down = get_module(block, ad.down)
         acc_h, cache = Covariance(down.in_features), []
-        handle = down.register_forward_pre_hook(_cache_input(acc_h, cache, inp.storage))
+        handle = down.register_forward_pre_hook(_capture(acc_h, cache, inp.storage))
         mids = []
         try:
             for b, (x, kw) in enumerate(zip(inp.hidden, inp.kwargs)):

@@ -72,7 +72,6 @@ def apply_prunenet(model: nn.Module, adapter: ArchAdapter, config: PruneNetConfi
         raise ValueError("prunenet is calibration-free: do not pass calibration data (--calib)")
     layers = adapter.get_layers(model)
     d = first_ffn_matrix(layers[0], adapter).shape[1]
-    plan = plan_counts(model, adapter, config, make_schedule("uniform"), None)
     info: dict[str, Any]
     if config.policy is not None:
         t0 = time.perf_counter()
@@ -80,7 +79,9 @@ def apply_prunenet(model: nn.Module, adapter: ArchAdapter, config: PruneNetConfi
         info = {"source": str(config.policy), "trained": False, "train_sparsity": meta.get("train_sparsity"),
                 "seconds": round(time.perf_counter() - t0, 3), "rewards": meta.get("rewards")}
     else:
-        train_sp = float(config.train_sparsity if config.train_sparsity is not None else plan.sparsity)
+        train_sp = config.train_sparsity
+        if train_sp is None:  # the sparsity being applied (solved from target_params when given)
+            train_sp = plan_counts(model, adapter, config, make_schedule("uniform"), None).sparsity
         mats = [first_ffn_matrix(b, adapter) for b in layers]
         keep = [min(w.shape[0] - 1, max(1, int((1.0 - train_sp) * w.shape[0]))) for w in mats]
         res = train_policy(mats, keep, episodes=config.episodes, lr=config.lr, gamma=config.gamma,

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...schedule import _check_fraction, check_int
 from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) or int(value) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 @dataclass
@@ -36,22 +31,21 @@ class PruneNetConfig(PruningConfig):
         if self.schedule != "uniform":
             raise ValueError(f"prunenet is calibration-free, but schedule {self.schedule!r} needs calibration "
                              "data (Block Influence scores); use schedule 'uniform'")
-        self.episodes = _positive_int("episodes", self.episodes)
-        self.policy_hidden = _positive_int("policy_hidden", self.policy_hidden)
-        self.samples = _positive_int("samples", self.samples)
+        self.episodes = check_int("episodes", self.episodes, 1)
+        self.policy_hidden = check_int("policy_hidden", self.policy_hidden, 1)
+        self.samples = check_int("samples", self.samples, 1)
         if self.samples < 2:
             raise ValueError("samples must be >= 2 (the REINFORCE baseline is the mean reward of the other samples)")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0.0 < float(self.gamma) <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
-        if self.train_sparsity is not None and not 0.0 < float(self.train_sparsity) < 1.0:
-            raise ValueError(f"train_sparsity must be in (0, 1), got {self.train_sparsity!r}")
+        if self.train_sparsity is not None:
+            self.train_sparsity = _check_fraction("train_sparsity", self.train_sparsity, allow_zero=False)
         if self.policy is not None and not Path(self.policy).is_file():
             raise FileNotFoundError(f"policy file {self.policy} does not exist (it is the policy.safetensors "
                                     "written next to a model compressed with --method prunenet)")
-        if isinstance(self.prune_seed, bool) or int(self.prune_seed) != self.prune_seed:
-            raise ValueError(f"prune_seed must be an integer, got {self.prune_seed!r}")
+        self.prune_seed = check_int("prune_seed", self.prune_seed)
 
     @property
     def restores(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...schedule import DEFAULT_BASE_RATIO, Schedule, _check_fraction, check_budget, make_schedule, schedule_names
+from ...schedule import DEFAULT_BASE_RATIO, Schedule, _check_fraction, check_budget, check_int, make_schedule, schedule_names
 
 #: ``round_to`` when none is given: SliceGPT's multiple of 8 for the uniform schedule
 #: driven by ``sparsity``; single dimensions otherwise (see :meth:`SliceGPTConfig.resolved_round_to`).
@@ -58,10 +58,7 @@ class SliceGPTConfig:
         self.sparsity, self.target_params = check_budget(
             self.method, self.sparsity, self.target_params, "fraction of the width d")
         if self.round_to is not None:
-            r = self.round_to
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or float(r) != int(r) or int(r) < 1:
-                raise ValueError(f"round_to must be an integer >= 1, got {r!r}")
-            self.round_to = int(r)
+            self.round_to = check_int("round_to", self.round_to, 1)
         if not float(self.damping) >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping!r}")
         if self.schedule not in schedule_names():
