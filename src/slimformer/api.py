@@ -16,10 +16,11 @@ from torch import nn
 from . import __version__
 from .arch import get_adapter
 from .calib.dist import current as dist_current, shard
+from .calib.offload import discard as discard_offloaded, finish as finish_offloaded, open_offloaded, store_of
 from .core.plan import ShapePlan, plan_from_model
 from .io.format import load_model, save_compressed
-from .memory import peak_rss_mb
-from .methods import Runtime, spec_for_config
+from .memory import peak_rss_mb, reset_peak_rss, rss_mb, use_mmap_for_large_blocks
+from .methods import METHODS, Runtime, spec_for_config
 
 logger = logging.getLogger("slimformer.api")
 
@@ -57,6 +58,9 @@ class CompressionResult:
         ``plain=True`` writes an ordinary config that loads without remote code, or
         raises :class:`~slimformer.io.format.PlainExportError` saying why it cannot.
         """
+        if any(p.device.type == "meta" for p in self.model.parameters()):
+            raise ValueError("this model was compressed offloaded: its blocks were written to the output directory "
+                             "as they were compressed and are not in memory; load that directory instead")
         tok = tokenizer if tokenizer is not None else self.tokenizer
         return str(save_compressed(self.model, out, self.section, self.report, tok, overwrite=overwrite, plain=plain,
                                    extra_files=self.artifacts))
@@ -76,15 +80,16 @@ def _calib_tensor(calib: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     return ids.long(), ident
 
 
-def _check_model(model: nn.Module) -> None:
+def _check_model(model: nn.Module, offloaded: bool = False) -> None:
     params = list(model.parameters())
     if not params:
         raise ValueError("model has no parameters")
     dtypes = {p.dtype for p in params}
     if not all(dt.is_floating_point for dt in dtypes):
         raise TypeError(f"model weights must be floating point (got {sorted(map(str, dtypes))}); quantised models are not supported")
-    if any(p.device.type == "meta" for p in params):
-        raise ValueError("model has weights on the meta device; load it fully before compressing")
+    if not offloaded and any(p.device.type == "meta" for p in params):
+        raise ValueError("model has weights on the meta device; load it fully before compressing "
+                         "(or use compress_offloaded / --offload to stream it from its checkpoint)")
 
 
 def compress(
@@ -113,7 +118,11 @@ def compress(
     """
     spec = spec_for_config(config)
     adapter = get_adapter(model)
-    _check_model(model)
+    store = store_of(model)
+    if store is not None and not spec.offload:
+        raise ValueError(f"method {spec.name} needs every block in memory at once; it cannot run offloaded. "
+                         f"Offloading works with: {', '.join(offload_method_names())}")
+    _check_model(model, offloaded=store is not None)
     if spec.needs_calibration and calib is None:
         raise ValueError(f"method {spec.name} needs calibration data (calib=...)")
     if calib is not None and not spec.accepts_calibration:
@@ -124,10 +133,12 @@ def compress(
         ids = shard(ids)  # data-parallel: statistics are all-reduced, every rank solves the same problem
     if ids is not None and int(ids.max()) >= model.config.vocab_size:
         raise ValueError(f"calibration token id {int(ids.max())} >= vocab size {model.config.vocab_size}: wrong tokenizer?")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = torch.device(device) if device is not None else (
+        torch.device("cpu") if store is not None else next(model.parameters()).device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but CUDA is not available; use --device cpu")
     params_before = count_params(model)
+    rss_start = rss_mb()
     dtype = next(model.parameters()).dtype
     model.eval()
     if dev.type == "cuda":
@@ -149,9 +160,11 @@ def compress(
         "removed_fraction": 1.0 - params_after / params_before,
         "seconds": round(seconds, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "rss_at_start_mb": round(rss_start, 1),
         "device": str(dev),
         "calibration": ident,
         "world_size": world,
+        "offload": store.activations if store is not None else None,
         "layers": plan.widths_table(),
         **extra,
     }
@@ -168,6 +181,66 @@ def compress(
         spec.name, params_before, params_after, 100 * report["removed_fraction"], seconds,
     )
     return CompressionResult(model, plan, report, section, tokenizer, artifacts)
+
+
+def offload_method_names() -> list[str]:
+    """Methods that run on an offloaded model (one block in memory at a time)."""
+    return sorted(name for name, spec in METHODS.items() if spec.offload)
+
+
+def compress_offloaded(
+    name_or_path: str | os.PathLike,
+    config: Any,
+    calib: Any,
+    out: str | os.PathLike,
+    *,
+    offload: str = "disk",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    tokenizer: Any = None,
+    seed: int | None = None,
+    overwrite: bool = False,
+    writer: bool = True,
+) -> CompressionResult:
+    """Compress a checkpoint that is never in memory as a whole, writing ``out`` shard by shard.
+
+    Each decoder block is read from the checkpoint's safetensors onto ``device``
+    only while it is processed, then written to its own output shard and freed
+    (:mod:`slimformer.calib.offload`). Calibration activations of the current layer
+    boundary stay on the CPU (``offload="cpu"``) or in files (``offload="disk"``).
+    Peak memory is about one block plus the embeddings/head plus one boundary of
+    activations (less for ``"disk"``). The result equals :func:`compress` on the
+    loaded model, and ``out`` is written atomically. The report's ``peak_rss_mb`` is
+    the process peak during this call (the peak is reset at the start, Linux) and
+    ``rss_at_start_mb`` the RSS before it.
+
+    Args:
+        name_or_path: a local Hugging Face checkpoint directory with safetensors (or a hub id).
+        out: output directory (must be new or empty unless ``overwrite``).
+        dtype: weights dtype (default: the checkpoint config's, else float32).
+        writer: write ``out`` (default). Under torchrun only rank 0 writes; the other
+            ranks compute the same blocks and discard them.
+    Returns:
+        The :class:`CompressionResult`; its model's decoder blocks are on the meta
+        device (load ``out`` with :func:`load_model` to use the compressed model).
+    """
+    use_mmap_for_large_blocks()  # freed blocks go back to the OS (glibc); see slimformer.memory
+    reset_peak_rss()  # the report's peak_rss_mb then covers this call only
+    rss_start = rss_mb()
+    model = open_offloaded(name_or_path, out, offload, dtype=dtype, overwrite=overwrite, writer=writer)
+    try:
+        result = compress(model, config, calib, device=device, batch_size=batch_size, progress=progress,
+                          tokenizer=tokenizer, seed=seed)
+        result.report["rss_at_start_mb"] = round(rss_start, 1)  # before the skeleton and global tensors
+        if result.artifacts:
+            raise ValueError("offloaded methods do not write extra files")
+        if writer:
+            finish_offloaded(model, result.section, result.report, tokenizer)
+    finally:
+        discard_offloaded(model)  # the scratch/temporary directory, if anything is left
+    return result
 
 
 def library_versions() -> dict[str, str]:
@@ -189,4 +262,4 @@ def provenance(calib: Any, seed: int | None, before: int, after: int, base: Any)
     }
 
 
-__all__ = ["CompressionResult", "compress", "count_params", "load_model"]
+__all__ = ["CompressionResult", "compress", "compress_offloaded", "count_params", "load_model"]

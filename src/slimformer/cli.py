@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="load dtype (default: the checkpoint's)")
     c.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward (default 8)")
     c.add_argument("--offload-activations", action="store_true", help="keep cached activations on CPU")
+    c.add_argument("--offload", choices=("cpu", "disk"), default=None,
+                   help="sequential onloading: never load the whole model; each block is read from the checkpoint's "
+                        "safetensors onto --device while it is processed and written to --out right after; "
+                        "calibration activations on CPU or in files (disk). Needs --out")
     c.add_argument("--out", help="output directory (written atomically)")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     c.add_argument("--plain", action="store_true",
@@ -239,6 +243,12 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
     # fails fast on a missing file; no data is read at all without --calib
     source = load_text(args.calib, split=args.calib_split) if args.calib else None
     _check_architecture(args.model)  # before loading any weights
+    if args.offload:
+        return _compress_offloaded(args, config, device, info, source)
+    from .memory import reset_peak_rss, rss_mb
+
+    reset_peak_rss()  # the report's peak then covers loading + compression, not imports
+    rss_before_load = rss_mb()
     model, tok = load_model(args.model, dtype=args.dtype)
     calib = None
     if source is not None:
@@ -252,21 +262,58 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
     )
     if not info.main:  # every rank holds the same compressed model; rank 0 reports and saves
         return 0  # (no collective follows compress(), so no rank can be left waiting)
-    r = result.report
+    result.report["rss_before_load_mb"] = round(rss_before_load, 1)
+    _print_compression(result.report)
+    if args.out:
+        out = result.save(args.out, overwrite=args.overwrite, plain=args.plain)
+        print(f"saved to {out}")
+    return 0
+
+
+def _compress_offloaded(args: argparse.Namespace, config: Any, device: str, info: Any, source: Any) -> int:
+    """``--offload cpu|disk``: stream the blocks from the checkpoint and write --out as they finish."""
+    from .api import compress_offloaded, offload_method_names
+    from .data import load
+    from .io.format import load_tokenizer
+    from .methods import get_method
+
+    if not args.out:
+        raise ValueError("--offload writes the model while compressing it: pass --out DIR")
+    if args.plain:
+        raise ValueError("--offload does not support --plain")
+    if not get_method(args.method).offload:
+        raise ValueError(f"method {args.method} needs every block in memory at once; --offload works with: "
+                         f"{', '.join(offload_method_names())}")
+    tok = load_tokenizer(args.model)
+    calib = None
+    if source is not None:
+        if tok is None:
+            raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
+        calib = load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+    result = compress_offloaded(
+        args.model, config, calib, args.out, offload=args.offload, device=device, dtype=args.dtype,
+        batch_size=args.batch_size, progress=not args.no_progress and info.main, tokenizer=tok, seed=args.seed,
+        overwrite=args.overwrite, writer=info.main,
+    )
+    if not info.main:
+        return 0
+    _print_compression(result.report)
+    print(f"saved to {Path(args.out).absolute()} (offloaded: {args.offload})")
+    return 0
+
+
+def _print_compression(r: dict[str, Any]) -> None:
     print(
         f"{r['method']}: params {r['params_before']:,} -> {r['params_after']:,} "
         f"({100 * r['removed_fraction']:.2f}% removed) in {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
     )
     if r.get("target_params"):
         t = r["target_params"]
-        print(f"target params: requested {100 * t['requested']:.2f}% removed, achieved {100 * t['achieved']:.2f}% "
-              f"({r.get('schedule')} schedule, mean slicing {r.get('sparsity', 0):.4f})")
+        how = (f" ({r['schedule']} schedule, mean slicing {r.get('sparsity', 0):.4f})" if "schedule" in r else
+               f" (global logit offset {r['budget_adjustment']['logit_offset']:+.4f})" if "budget_adjustment" in r else "")
+        print(f"target params: requested {100 * t['requested']:.2f}% removed, achieved {100 * t['achieved']:.2f}%{how}")
     if r.get("world_size", 1) > 1:
         print(f"data-parallel calibration over {r['world_size']} ranks")
-    if args.out:
-        out = result.save(args.out, overwrite=args.overwrite, plain=args.plain)
-        print(f"saved to {out}")
-    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

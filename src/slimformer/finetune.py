@@ -472,7 +472,7 @@ def _probe_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def _save_adapter(peft_model: nn.Module, out: str | os.PathLike, overwrite: bool) -> str:
     """Write the peft adapter (``adapter_config.json`` + safetensors) atomically to ``out``."""
-    from .io.format import _commit_dir, check_output_dir
+    from .io.format import commit_dir, check_output_dir
 
     out = check_output_dir(out, overwrite).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -481,7 +481,7 @@ def _save_adapter(peft_model: nn.Module, out: str | os.PathLike, overwrite: bool
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model.save_pretrained(str(tmp), safe_serialization=True)
-        _commit_dir(tmp, out)
+        commit_dir(tmp, out)
     except BaseException:
         import shutil
 

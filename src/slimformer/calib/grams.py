@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..arch import ArchAdapter, get_module
 from ..io.modeling_slimformer import SlimBlock
-from .runner import BlockInputs, model_device
+from .runner import BlockInputs, block_on
 from .stats import Covariance
 
 logger = logging.getLogger("slimformer.calib.grams")
@@ -61,11 +61,13 @@ class LayerPruner(Protocol):
         """Prune the MLP of ``block`` given ``G_down: [I, I]`` (``None`` without data)."""
 
 
-def _capture(acc: Covariance, store: list[torch.Tensor] | None, storage: torch.device) -> Callable[..., None]:
+def _capture(acc: Covariance, store: list[Any] | None, put: Callable[[torch.Tensor], Any]) -> Callable[..., None]:
+    """Forward pre-hook: add the module input to ``acc``; with ``store``, also keep ``put(input)``."""
+
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
         acc.update(args[0])
         if store is not None:
-            store.append(args[0].to(storage))
+            store.append(put(args[0]))
 
     return hook
 
@@ -117,7 +119,7 @@ class _Pass:
         view = block_view(block, ad, self.model.config)
         o, down = get_module(block, ad.o), get_module(block, ad.down)
         acc_o, cache = Covariance(o.in_features, self.gram_dtype), []
-        handle = o.register_forward_pre_hook(_capture(acc_o, cache, inp.storage))
+        handle = o.register_forward_pre_hook(_capture(acc_o, cache, inp.put))
         try:
             for x, kw in zip(inp.hidden, inp.kwargs):
                 view._attn(get_module(block, ad.attn_norm)(x.to(dev)), kw)
@@ -128,12 +130,12 @@ class _Pass:
         o = get_module(block, ad.o)
         mids = []
         for b, x in enumerate(inp.hidden):
-            mids.append((x.to(dev) + _o_out(o, cache[b].to(dev), cols)).to(inp.storage))  # [b, t, d_mid]
+            mids.append(inp.put(x.to(dev) + _o_out(o, cache[b].to(dev), cols)))  # [b, t, d_mid]
             cache[b] = None  # type: ignore[call-overload]
             inp.hidden[b] = None  # type: ignore[assignment]
         acc_d = Covariance(down.in_features, self.gram_dtype)
         mlp_norm = get_module(block, ad.mlp_norm)
-        handle = down.register_forward_pre_hook(_capture(acc_d, None, inp.storage))
+        handle = down.register_forward_pre_hook(_capture(acc_d, None, inp.put))
         try:
             for h in mids:
                 view._mlp(mlp_norm(h.to(dev)))
@@ -145,7 +147,7 @@ class _Pass:
         pruner.mlp(li, block, acc_d.value())
         for b, h in enumerate(mids):
             h = h.to(dev)
-            inp.hidden[b] = (h + view._mlp(mlp_norm(h))).to(inp.storage)  # [b, t, d_out]
+            inp.hidden[b] = inp.put(h + view._mlp(mlp_norm(h)))  # [b, t, d_out]
 
     def parallel(self, li: int, block: nn.Module, pruner: LayerPruner) -> None:
         ad, inp, dev = self.adapter, self.inputs, self.device
@@ -154,8 +156,8 @@ class _Pass:
         norm = get_module(block, ad.attn_norm)
         acc_o, acc_d = Covariance(o.in_features, self.gram_dtype), Covariance(down.in_features, self.gram_dtype)
         cache: list[torch.Tensor] = []
-        handles = [o.register_forward_pre_hook(_capture(acc_o, cache, inp.storage)),
-                   down.register_forward_pre_hook(_capture(acc_d, None, inp.storage))]
+        handles = [o.register_forward_pre_hook(_capture(acc_o, cache, inp.put)),
+                   down.register_forward_pre_hook(_capture(acc_d, None, inp.put))]
         try:
             for x, kw in zip(inp.hidden, inp.kwargs):
                 n = norm(x.to(dev))
@@ -175,7 +177,7 @@ class _Pass:
             x = x.to(dev)
             out = x + _o_out(o, cache[b].to(dev), cols) + view._mlp(norm(x))
             cache[b] = None  # type: ignore[call-overload]
-            inp.hidden[b] = out.to(inp.storage)
+            inp.hidden[b] = inp.put(out)
 
 
 @torch.no_grad()
@@ -202,17 +204,14 @@ def prune_layerwise(
     """
     if not hasattr(pruner, "attention"):
         pruner = _StepPruner(pruner)  # type: ignore[arg-type]
-    layers = adapter.get_layers(model)
-    home = model_device(model)
     run = _Pass(model, adapter, inputs, device, gram_dtype) if inputs is not None else None
-    for li in tqdm(range(len(layers)), desc="prune", unit="layer", disable=not progress):
-        block = layers[li].to(device)
-        if run is None:
-            pruner.attention(li, block, None)
-            pruner.mlp(li, block, None)
-        elif adapter.parallel:
-            run.parallel(li, block, pruner)
-        else:
-            run.sequential(li, block, pruner)
-        layers[li] = block.to(home)
+    for li in tqdm(range(len(adapter.get_layers(model))), desc="prune", unit="layer", disable=not progress):
+        with block_on(model, adapter, li, device) as block:
+            if run is None:
+                pruner.attention(li, block, None)
+                pruner.mlp(li, block, None)
+            elif adapter.parallel:
+                run.parallel(li, block, pruner)
+            else:
+                run.sequential(li, block, pruner)
         logger.debug("layer %d pruned", li)

@@ -37,7 +37,7 @@ from ..core.rotate import (
     apply_embedding_basis,
     apply_head_basis,
 )
-from .runner import BlockInputs, model_device
+from .runner import BlockInputs, block_on
 from .stats import Covariance
 
 logger = logging.getLogger("slimformer.calib.residual")
@@ -96,7 +96,7 @@ class _Pass:
         for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
             x = x.to(self.device)
             a = block._attn(get_module(block, ad.attn_norm)(x), kw)  # [b, t, d]
-            mids.append((_from_stream(x, Q_in) + a).to(inputs.storage))
+            mids.append(inputs.put(_from_stream(x, Q_in) + a))
             inputs.hidden[b] = None  # type: ignore[assignment]  # free as we go
         Q_mid = self.basis(Point("mid", li), mids)
         apply_block_mid_basis(block, ad, Q_in, Q_mid)
@@ -104,11 +104,11 @@ class _Pass:
         for b, h in enumerate(mids):
             h_rot = _to_stream(h.to(self.device), Q_mid)  # [b, t, k_mid]
             m = block._mlp(get_module(block, ad.mlp_norm)(h_rot))
-            outs.append((_from_stream(h_rot, Q_mid) + m).to(inputs.storage))
+            outs.append(inputs.put(_from_stream(h_rot, Q_mid) + m))
             mids[b] = None  # type: ignore[call-overload]
         Q_out = self.basis(Point("out", li, last), outs)
         apply_block_output_basis(block, ad, Q_mid, Q_out)
-        inputs.hidden = [_to_stream(o.to(self.device), Q_out).to(inputs.storage) for o in outs]
+        inputs.hidden = [inputs.put(_to_stream(o.to(self.device), Q_out)) for o in outs]
         return Q_out
 
     def parallel_block(self, block: nn.Module, inputs: BlockInputs, Q_in: torch.Tensor, li: int, last: bool) -> torch.Tensor:
@@ -118,11 +118,11 @@ class _Pass:
         for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
             x = x.to(self.device)
             n = get_module(block, ad.attn_norm)(x)
-            outs.append((_from_stream(x, Q_in) + block._attn(n, kw) + block._mlp(n)).to(inputs.storage))
+            outs.append(inputs.put(_from_stream(x, Q_in) + block._attn(n, kw) + block._mlp(n)))
             inputs.hidden[b] = None  # type: ignore[assignment]
         Q_out = self.basis(Point("out", li, last), outs)
         apply_block_output_basis(block, ad, Q_in, Q_out)
-        inputs.hidden = [_to_stream(o.to(self.device), Q_out).to(inputs.storage) for o in outs]
+        inputs.hidden = [inputs.put(_to_stream(o.to(self.device), Q_out)) for o in outs]
         return Q_out
 
 
@@ -144,14 +144,11 @@ def rotate_and_slice(
     run = _Pass(model, adapter, chooser, device)
     Q = run.basis(Point("embed", -1), inputs.hidden)
     apply_embedding_basis(model, adapter, Q)
-    inputs.hidden = [_to_stream(x.to(device), Q).to(inputs.storage) for x in inputs.hidden]
-    layers = adapter.get_layers(model)
-    home = model_device(model)
-    for li in tqdm(range(len(layers)), desc="rotate+slice", unit="layer", disable=not progress):
-        block = layers[li].to(device)
-        last = li == len(layers) - 1
-        step = run.parallel_block if adapter.parallel else run.sequential_block
-        Q = step(block, inputs, Q, li, last)
-        layers[li] = block.to(home)
+    inputs.hidden = [inputs.put(_to_stream(x.to(device), Q)) for x in inputs.hidden]
+    n = len(adapter.get_layers(model))
+    step = run.parallel_block if adapter.parallel else run.sequential_block
+    for li in tqdm(range(n), desc="rotate+slice", unit="layer", disable=not progress):
+        with block_on(model, adapter, li, device) as block:
+            Q = step(block, inputs, Q, li, li == n - 1)
         logger.debug("layer %d done", li)
     apply_head_basis(model, adapter, Q)

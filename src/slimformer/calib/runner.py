@@ -1,7 +1,10 @@
 """Layer-at-a-time execution on cached block inputs.
 
 Only the block being processed needs to sit on the compute device; the cached
-activations may stay on CPU (``offload_activations``). Inputs of block 0 and the
+activations may stay on CPU (``offload_activations``) or, for an offloaded model
+(:mod:`slimformer.calib.offload`), in files. Every layer loop goes through
+:func:`block_on`, which for an offloaded model loads the block from the
+checkpoint and writes it out afterwards. Inputs of block 0 and the
 keyword arguments every block receives (attention mask, rotary tables, position
 ids) are captured by running the model's own forward up to the first block, so
 architecture-specific pre-processing is always the installed transformers'.
@@ -10,13 +13,15 @@ architecture-specific pre-processing is always the installed transformers'.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from ..arch import ArchAdapter, set_module
+from .offload import ActivationStash, store_of
 
 logger = logging.getLogger("slimformer.calib.runner")
 
@@ -42,17 +47,22 @@ class BlockInputs:
     """Cached inputs of the current block, per calibration batch.
 
     Attributes:
-        hidden: per batch ``[batch, seq, width]`` residual stream entering the block.
+        hidden: per batch ``[batch, seq, width]`` residual stream entering the block
+            (a tensor, or a :class:`~slimformer.calib.offload.DiskTensor`: use ``.to(device)``).
         kwargs: per batch keyword arguments for the block (on the compute device).
-        storage: device where ``hidden`` is kept between uses.
+        stash: where activations wait between uses; store with :meth:`put`.
     """
 
-    hidden: list[torch.Tensor] = field(default_factory=list)
+    hidden: list[Any] = field(default_factory=list)
     kwargs: list[dict[str, Any]] = field(default_factory=list)
-    storage: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    stash: ActivationStash = field(default_factory=lambda: ActivationStash("cpu", torch.device("cpu")))
 
     def __len__(self) -> int:
         return len(self.hidden)
+
+    def put(self, t: torch.Tensor) -> Any:
+        """Park ``t`` (any cached activation, not only block inputs) until it is needed again."""
+        return self.stash.put(t)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -97,9 +107,43 @@ def capture_block_inputs(
         set_module(model, adapter.layers, layers)
         if home != device:
             model.to(home)
-    storage = torch.device("cpu") if offload_activations else device
-    out = BlockInputs(storage=storage)
+    store = store_of(model)
+    if store is not None:
+        stash = store.stash(device)
+    else:
+        stash = ActivationStash("cpu" if offload_activations else "device", device)
+    out = BlockInputs(stash=stash)
     for hidden, kwargs in catcher.records:
-        out.hidden.append(hidden.to(storage))
+        out.hidden.append(out.put(hidden))
         out.kwargs.append(kwargs)
     return out
+
+
+@contextmanager
+def block_on(model: nn.Module, adapter: ArchAdapter, li: int, device: torch.device,
+             write: bool = True) -> Iterator[nn.Module]:
+    """Decoder block ``li`` on ``device`` for the duration of the ``with``.
+
+    In memory: the block moves to ``device`` and back to the model's device.
+    Offloaded model: the block is loaded from the checkpoint (plus the registered
+    per-block steps) and afterwards written to its output shard (``write=True``,
+    the block was compressed) or dropped (``write=False``, a read-only pass such as
+    block scores); either way its parameters go back to the meta device.
+    """
+    store = store_of(model)
+    layers = adapter.get_layers(model)
+    if store is None:
+        home = model_device(model)
+        block = layers[li].to(device)
+        try:
+            yield block
+        finally:
+            layers[li] = layers[li].to(home)
+        return
+    block = store.load(li, device)
+    ok = False
+    try:
+        yield block
+        ok = True
+    finally:
+        store.release(li, write=write and ok)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..arch import ArchAdapter
 from .dist import all_reduce_sum
-from .runner import capture_block_inputs, model_device
+from .runner import block_on, capture_block_inputs
 
 logger = logging.getLogger("slimformer.calib.scores")
 
@@ -86,23 +86,20 @@ def block_scores(
             CPU between blocks when ``offload_activations``.
     """
     inputs = capture_block_inputs(model, adapter, input_ids, batch_size, device, offload_activations)
-    layers = adapter.get_layers(model)
-    home = model_device(model)
     bi: list[float] = []
     cosine: list[float] = []
     tokens = 0
-    for li in tqdm(range(len(layers)), desc="block scores", unit="layer", disable=not progress):
-        block = layers[li].to(device)
+    for li in tqdm(range(len(adapter.get_layers(model))), desc="block scores", unit="layer", disable=not progress):
         total = torch.zeros((), dtype=torch.float64)
         tokens = 0
-        for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
-            x = x.to(device)
-            y = _block_output(block, x, kw)  # [b, t, d]
-            cos = nn.functional.cosine_similarity(x.double(), y.double(), dim=-1)  # [b, t]
-            total += cos.sum().cpu()
-            tokens += cos.numel()
-            inputs.hidden[b] = y.to(inputs.storage)
-        layers[li] = block.to(home)
+        with block_on(model, adapter, li, device, write=False) as block:
+            for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+                x = x.to(device)
+                y = _block_output(block, x, kw)  # [b, t, d]
+                cos = nn.functional.cosine_similarity(x.double(), y.double(), dim=-1)  # [b, t]
+                total += cos.sum().cpu()
+                tokens += cos.numel()
+                inputs.hidden[b] = inputs.put(y)
         sums = all_reduce_sum(torch.tensor([float(total), float(tokens)], dtype=torch.float64))
         total, tokens = sums[0], int(sums[1])  # over every rank's calibration shard
         c = float(total / tokens)

@@ -45,18 +45,22 @@ class Covariance:
         return self.sum
 
 
-def pca_basis(cov: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pca_basis(cov: torch.Tensor, damping: float, overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvectors of ``cov + damping * mean(diag(cov)) * I``, eigenvalues descending.
 
     Args:
         cov: ``[d, d]`` symmetric PSD matrix (float64).
         damping: relative ridge (SliceGPT code: 0.01).
+        overwrite: damp ``cov`` in place instead of a copy (saves one ``[d, d]``
+            float64 matrix; ``cov`` is then garbage).
     Returns:
-        ``(eigvals [d], Q [d, d])`` in float64, columns of Q sorted by descending eigenvalue.
+        ``(eigvals [d], Q [d, d])`` in float64, columns of Q sorted by descending
+        eigenvalue. The eigenvalues are those of the *damped* matrix.
     """
-    C = cov.double()
+    C = cov if (overwrite and cov.dtype == torch.float64) else cov.double().clone()
     if damping > 0:
-        C = C + damping * torch.mean(torch.diag(C)) * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
-    vals, vecs = torch.linalg.eigh(C)
-    order = torch.argsort(vals, descending=True)
-    return vals[order], vecs[:, order]
+        diag = C.diagonal()
+        diag.add_(damping * diag.mean())
+    vals, vecs = torch.linalg.eigh(C)  # ascending
+    del C
+    return vals.flip(0), vecs.flip(1)

@@ -14,6 +14,7 @@ RMSNorm families are **not** centred: centring would change their function.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,36 +112,52 @@ def _replace_norm(root: nn.Module, path: str, width: int) -> float:
 
 
 @torch.no_grad()
+def fuse_block(block: nn.Module, adapter: ArchAdapter, config: Any) -> SlimBlock:
+    """Slim form of one decoder block: centre its writers (LayerNorm families), fold its
+    norms into their readers, replace the norms by SlimRMSNorm, wrap it into a SlimBlock."""
+    d = config.hidden_size
+    if adapter.norm_kind == "layer":
+        for path in adapter.writers:
+            center_writer(get_module(block, path))
+    attn_readers = list(adapter.attn_readers)
+    if adapter.parallel:
+        attn_readers += list(adapter.mlp_readers)
+    fold_norm_into_readers(get_module(block, adapter.attn_norm), block, attn_readers)
+    _replace_norm(block, adapter.attn_norm, d)
+    if adapter.mlp_norm is not None:
+        fold_norm_into_readers(get_module(block, adapter.mlp_norm), block, list(adapter.mlp_readers))
+        _replace_norm(block, adapter.mlp_norm, d)
+    modules = {name: get_module(block, name) for name in adapter.block_module_names()}
+    return SlimBlock(adapter.block_layout(config), modules)
+
+
+@torch.no_grad()
 def fuse(model: nn.Module, adapter: ArchAdapter) -> None:
     """Bring ``model`` into slim form in place (exact up to float rounding).
 
-    Steps: untie the head; for LayerNorm families centre every residual writer;
-    fold each norm's scale/bias into its readers; replace norms by SlimRMSNorm;
-    wrap each decoder layer into a SlimBlock with the same submodules.
+    Steps: untie the head; for LayerNorm families centre the embeddings;
+    :func:`fuse_block` every decoder block; fold the final norm into the head.
+    For an offloaded model (:mod:`slimformer.calib.offload`) the blocks are not in
+    memory: :func:`fuse_block` is registered to run on each block when it is loaded.
     """
-    if is_slim(model, adapter):
+    from ..calib.offload import store_of
+
+    store = store_of(model)
+    if is_slim(model, adapter) or (store is not None and store.fused):
         return
     d = model.config.hidden_size
     untie_head(model, adapter)
-    layers = adapter.get_layers(model)
     if adapter.norm_kind == "layer":
         center_embedding(get_module(model, adapter.embed))
         if adapter.pos_embed is not None:
             center_embedding(get_module(model, adapter.pos_embed))
-        for block in layers:
-            for path in adapter.writers:
-                center_writer(get_module(block, path))
-    for i, block in enumerate(layers):
-        attn_readers = list(adapter.attn_readers)
-        if adapter.parallel:
-            attn_readers += list(adapter.mlp_readers)
-        fold_norm_into_readers(get_module(block, adapter.attn_norm), block, attn_readers)
-        _replace_norm(block, adapter.attn_norm, d)
-        if adapter.mlp_norm is not None:
-            fold_norm_into_readers(get_module(block, adapter.mlp_norm), block, list(adapter.mlp_readers))
-            _replace_norm(block, adapter.mlp_norm, d)
-        modules = {name: get_module(block, name) for name in adapter.block_module_names()}
-        layers[i] = SlimBlock(adapter.block_layout(model.config), modules)
+    layers = adapter.get_layers(model)
+    if store is None:
+        for i, block in enumerate(layers):
+            layers[i] = fuse_block(block, adapter, model.config)
+    else:
+        store.prepares.append(lambda block, _i: fuse_block(block, adapter, model.config))
+        store.fused = True
     fold_norm_into_readers(get_module(model, adapter.final_norm), model, [adapter.head])
     _replace_norm(model, adapter.final_norm, d)
     logger.info("fused norms of %d blocks (%s, %s norm)", len(layers), adapter.name, adapter.norm_kind)

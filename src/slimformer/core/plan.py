@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..arch import ArchAdapter, get_module
+from ..io.modeling_slimformer import CHANNEL_SETS
 from .fuse import is_slim, norm_eps
 
 FORMAT_VERSION = 1
@@ -36,6 +37,14 @@ class BlockPlan:
     :class:`slimformer.io.modeling_slimformer.HeadPadOutLinear`); ``qk_index`` the kept
     q/k channel positions per kv head when ``qk_head_dim < head_dim`` (MoDeGPT; see
     :class:`slimformer.io.modeling_slimformer.HeadScatterOutLinear`).
+
+    Residual channel subsets (DISP-LLM; defaults ``None`` = the whole residual stream, so
+    older plans still load): the block keeps the original HF modules and a full-width
+    residual stream (``d_in == d_mid == d_out == full_width``), but attention reads only
+    channels ``attn_in_index`` (q, k, v) and writes only ``attn_out_index`` (o); the MLP
+    reads ``mlp_in_index`` (gate/up, fc1) and writes ``mlp_out_index`` (down, fc2). Each is
+    a sorted list of distinct positions in ``[0, full_width)`` (see
+    :class:`slimformer.io.modeling_slimformer.GatherInLinear` / ``ScatterOutLinear``).
     """
 
     d_in: int
@@ -53,6 +62,10 @@ class BlockPlan:
     qk_head_dim: int | None = None
     v_head_dim: int | None = None
     qk_index: list[list[int]] | None = None
+    attn_in_index: list[int] | None = None
+    attn_out_index: list[int] | None = None
+    mlp_in_index: list[int] | None = None
+    mlp_out_index: list[int] | None = None
 
 
 @dataclass
@@ -87,7 +100,9 @@ class ShapePlan:
         return [
             {"layer": i, "d_in": b.d_in, "d_mid": b.d_mid, "d_out": b.d_out, "mlp": b.mlp_width,
              **({"heads": b.n_heads, "kv_heads": b.n_kv_heads, "v_head_dim": b.v_head_dim}
-                if b.n_heads is not None else {})}
+                if b.n_heads is not None else {}),
+             **({name.removesuffix("_index"): self.full_width if getattr(b, name) is None else len(getattr(b, name))
+                 for name in CHANNEL_SETS} if any(getattr(b, n) is not None for n in CHANNEL_SETS) else {})}
             for i, b in enumerate(self.blocks)
         ]
 
@@ -105,15 +120,15 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         q, k, v = (get_module(block, p) for p in adapter.attn_readers)
         o, down = get_module(block, adapter.o), get_module(block, adapter.down)
         up = get_module(block, adapter.up)
-        d_mid = None if adapter.parallel else o.out_features
+        d_mid = None if adapter.parallel else int(getattr(o, "residual_width", o.out_features))
         v_hd = int(getattr(v, "kept_dim", hd))
         kv_index = getattr(k, "index", None)  # HeadScatterOutLinear: kept q/k channels per kv head
         qk_hd = hd if kv_index is None else int(kv_index.shape[1])
         blocks.append(
             BlockPlan(
-                d_in=q.in_features,
+                d_in=int(getattr(q, "residual_width", q.in_features)),
                 d_mid=d_mid,
-                d_out=down.out_features,
+                d_out=int(getattr(down, "residual_width", down.out_features)),
                 attn_shortcut=getattr(block, "attn_shortcut", None) is not None,
                 mlp_shortcut=getattr(block, "mlp_shortcut", None) is not None,
                 q_out=q.out_features,
@@ -126,6 +141,7 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
                 qk_head_dim=qk_hd,
                 v_head_dim=v_hd,
                 qk_index=None if kv_index is None else kv_index.tolist(),
+                **channel_sets(block, adapter),
             )
         )
     head = get_module(model, adapter.head)
@@ -145,6 +161,27 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         layout=adapter.block_layout(model.config),
         blocks=blocks,
     )
+
+
+def channel_sets(block: nn.Module, adapter: ArchAdapter) -> dict[str, list[int] | None]:
+    """The residual channel subsets of one block (plan fields), read off its gather/scatter linears.
+
+    Raises ValueError when linears that must share a subset (q, k, v; gate, up) disagree.
+    """
+    out: dict[str, list[int] | None] = {}
+    for name, (keys, gather) in CHANNEL_SETS.items():
+        attr = "in_index" if gather else "out_index"
+        found = []
+        for key in keys:
+            path = getattr(adapter, key)
+            if path is not None:
+                idx = getattr(get_module(block, path), attr, None)
+                found.append(None if idx is None else idx.tolist())
+        if any(f != found[0] for f in found):
+            raise ValueError(f"{', '.join(k for k in keys if getattr(adapter, k))} must read the same residual "
+                             f"channels ({name}); they differ")
+        out[name] = found[0]
+    return out
 
 
 def adapter_paths(adapter: ArchAdapter) -> dict[str, str | None]:

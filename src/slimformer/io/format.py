@@ -60,6 +60,12 @@ def plain_config_changes(model: nn.Module) -> dict[str, Any]:
             "(shortcut matrices, per-layer residual widths, norms folded into the linears); "
             "save without plain=True - the directory then loads with trust_remote_code=True"
         )
+    if any(isinstance(m, (runtime.GatherInLinear, runtime.ScatterOutLinear)) for m in model.modules()):
+        raise PlainExportError(
+            "a plain config cannot express this model: its sublayers read/write subsets of the residual "
+            "channels (DISP gather/scatter index sets); save without plain=True - the directory then loads "
+            "with trust_remote_code=True"
+        )
     cfg = model.config
     widths = sorted({get_module(b, adapter.up).out_features for b in adapter.get_layers(model)})
     if len(widths) > 1:
@@ -119,7 +125,7 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_byt
     return total
 
 
-def _untied_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def untied_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict without the head when it *is* the input embedding (HF re-ties it on load)."""
     state = model.state_dict(keep_vars=True)
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
@@ -144,7 +150,7 @@ def _write_config(model: nn.Module, directory: Path, section: dict[str, Any], pl
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _commit_dir(tmp: Path, out: Path) -> None:
+def commit_dir(tmp: Path, out: Path) -> None:
     """Move the finished temporary directory into place (replacing ``out`` if allowed).
 
     ``mkdtemp`` (and safetensors) create private files; give them the usual
@@ -162,6 +168,33 @@ def _commit_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, out)
+
+
+def write_metadata(
+    model: nn.Module,
+    directory: Path,
+    section: dict[str, Any],
+    report: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    plain_changes: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> None:
+    """Everything of the format except the weights: config (with ``section``), generation
+    config, tokenizer, the runtime file (unless plain), the report and ``extra_files``."""
+    _write_config(model, directory, section, plain_changes)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(str(directory))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    if plain_changes is None:
+        shutil.copyfile(runtime.__file__, directory / MODELING_FILE)
+    if report is not None:
+        (directory / "slimformer_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    for name, data in (extra_files or {}).items():
+        if Path(name).name != name or (directory / name).exists():
+            raise ValueError(f"extra file name {name!r} must be a plain file name not used by the format")
+        (directory / name).write_bytes(data)
 
 
 def save_compressed(
@@ -191,22 +224,9 @@ def save_compressed(
     section = {"format_version": FORMAT_VERSION, **section, "plain": bool(plain)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        nbytes = write_weights(_untied_state(model), tmp, max_shard_bytes)
-        _write_config(model, tmp, section, plain_changes)
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(str(tmp))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        if not plain:
-            shutil.copyfile(runtime.__file__, tmp / MODELING_FILE)
-        if report is not None:
-            (tmp / "slimformer_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        for name, data in (extra_files or {}).items():
-            if Path(name).name != name or (tmp / name).exists():
-                raise ValueError(f"extra file name {name!r} must be a plain file name not used by the format")
-            (tmp / name).write_bytes(data)
-        _commit_dir(tmp, out)
+        nbytes = write_weights(untied_state(model), tmp, max_shard_bytes)
+        write_metadata(model, tmp, section, report, tokenizer, plain_changes, extra_files)
+        commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -228,7 +248,7 @@ def read_section(path: str | os.PathLike) -> dict[str, Any] | None:
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-def _load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
@@ -259,7 +279,7 @@ def load_model(
     section = read_section(name) if os.path.isdir(name) else None
     if section is not None and not section.get("plain"):
         model = load_compressed(name, dtype=dtype, device=device)
-        return model, _load_tokenizer(name)
+        return model, load_tokenizer(name)
     if not os.path.isdir(name) and (name.startswith((".", "/", "~")) or Path(name).suffix):
         raise FileNotFoundError(f"model directory not found: {name}")
     from transformers import AutoModelForCausalLM
@@ -273,7 +293,7 @@ def load_model(
     if device is not None:
         model.to(device)
     model.eval()
-    return model, _load_tokenizer(name)
+    return model, load_tokenizer(name)
 
 
 def describe_compression(path: str | os.PathLike) -> dict[str, Any] | None:

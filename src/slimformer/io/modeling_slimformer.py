@@ -22,6 +22,7 @@ a sublayer.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -295,6 +296,140 @@ def apply_head_shapes(model: nn.Module, plan: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------
+# Residual channel subsets (DISP-LLM: "dimension-independent" pruning).
+#
+# The residual stream keeps its full width d. A sublayer reads only a subset of its
+# channels and writes only a subset, with the unchanged Hugging Face block:
+#
+#     q/k/v, gate/up, fc1:  y = W x[.., in_index] + b          W: [out, |in_index|]
+#     o, down, fc2:         y = zeros(d); y[.., out_index] = W x + b   W: [|out_index|, in]
+#
+# The block's norm still sees (and normalises) the whole stream; the block adds the
+# scattered output to the residual as usual. Index sets are sorted, distinct channel
+# positions stored in the plan (non-persistent buffers here, so the state-dict keys
+# are a plain Linear's). An empty set is allowed and exact: the reader then sees no
+# input (its output is its bias), the writer adds nothing.
+# ----------------------------------------------------------------------------------
+
+
+def channel_index(index: Any, count: int, width: int, what: str = "index") -> torch.Tensor:
+    """``index`` as a ``long`` tensor ``[count]`` of increasing channel positions in ``[0, width)``.
+
+    Raises ValueError naming ``what`` when it is not.
+    """
+    idx = torch.as_tensor(index, dtype=torch.long).detach().to("cpu")
+    if idx.dim() != 1 or idx.numel() != count:
+        raise ValueError(f"{what} has shape {tuple(idx.shape)}, expected [{count}] (one entry per kept channel)")
+    if count and (int(idx.min()) < 0 or int(idx.max()) >= width or bool((idx[1:] <= idx[:-1]).any())):
+        raise ValueError(f"{what} must list increasing, distinct channel positions in [0, {width})")
+    return idx
+
+
+def _index_on(idx: torch.Tensor, device: Any) -> torch.Tensor:
+    """Index buffers stay real (on CPU) when the parameters are created on meta."""
+    return idx if device is None or torch.device(device).type == "meta" else idx.to(device)
+
+
+class GatherInLinear(nn.Linear):
+    """Linear that reads only the residual channels ``in_index`` of its full-width input.
+
+    Weight ``[out, k]`` (``k = len(in_index)``); forward
+    ``x: [.., residual_width] -> [.., out] = x[.., in_index] @ W^T + b``.
+    ``in_index: [k]`` is a non-persistent buffer (the plan stores it).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, residual_width: int, in_index: Any,
+                 device: Any = None, dtype: Any = None) -> None:
+        with warnings.catch_warnings():  # an empty channel set makes a 0-element weight (allowed, exact)
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.residual_width = int(residual_width)
+        idx = channel_index(in_index, in_features, self.residual_width, "in_index")
+        self.register_buffer("in_index", _index_on(idx, device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [.., residual_width] -> gathered [.., k] -> [.., out]
+        return nn.functional.linear(x.index_select(-1, self.in_index), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, residual_width={self.residual_width}"
+
+
+class ScatterOutLinear(nn.Linear):
+    """Linear whose outputs are written to the residual channels ``out_index`` (zeros elsewhere).
+
+    Weight ``[k, in]`` (``k = len(out_index)``); forward ``x: [.., in] -> [.., residual_width]``
+    with ``y[.., out_index] = x @ W^T + b``. ``out_index: [k]`` is a non-persistent buffer.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, residual_width: int, out_index: Any,
+                 device: Any = None, dtype: Any = None) -> None:
+        with warnings.catch_warnings():  # an empty channel set makes a 0-element weight (allowed, exact)
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.residual_width = int(residual_width)
+        idx = channel_index(out_index, out_features, self.residual_width, "out_index")
+        self.register_buffer("out_index", _index_on(idx, device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.linear(x, self.weight, self.bias)  # [.., k]
+        out = y.new_zeros(*y.shape[:-1], self.residual_width)  # [.., residual_width]
+        return out.index_copy_(-1, self.out_index, y)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, residual_width={self.residual_width}"
+
+
+def channel_wrapped(lin: nn.Linear, residual_width: int, in_index: Any = None, out_index: Any = None) -> nn.Linear:
+    """``lin`` as a :class:`GatherInLinear` (``in_index``) or :class:`ScatterOutLinear`
+    (``out_index``) sharing its parameters; ``lin`` must be a plain ``nn.Linear`` whose
+    weight already has the kept columns / rows."""
+    if type(lin) is not nn.Linear:
+        raise ValueError(f"residual channel subsets need a plain nn.Linear, found {type(lin).__name__} "
+                         "(they cannot be combined with head-shape wrappers)")
+    if (in_index is None) == (out_index is None):
+        raise ValueError("give exactly one of in_index / out_index")
+    dev = lin.weight.device
+    if in_index is not None:
+        new: nn.Linear = GatherInLinear(lin.in_features, lin.out_features, lin.bias is not None, residual_width,
+                                        in_index, device="meta")
+        new.in_index = _index_on(new.in_index, dev)
+    else:
+        new = ScatterOutLinear(lin.in_features, lin.out_features, lin.bias is not None, residual_width, out_index,
+                               device="meta")
+        new.out_index = _index_on(new.out_index, dev)
+    new.weight = lin.weight
+    new.bias = lin.bias
+    return new
+
+
+#: plan field -> (plan path keys of the linears it applies to, gather (True) or scatter)
+CHANNEL_SETS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "attn_in_index": (("q", "k", "v"), True),
+    "mlp_in_index": (("gate", "up"), True),
+    "attn_out_index": (("o",), False),
+    "mlp_out_index": (("down",), False),
+}
+
+
+def apply_channel_sets(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Wrap the readers/writers of every block whose plan has residual channel subsets."""
+    paths, width = plan["paths"], int(plan["full_width"])
+    layers = _get(model, paths["layers"])
+    for i, bp in enumerate(plan["blocks"]):
+        for field_name, (keys, gather) in CHANNEL_SETS.items():
+            index = bp.get(field_name)
+            if index is None:
+                continue
+            for key in keys:
+                if not paths.get(key):
+                    continue
+                lin = _get(layers[i], paths[key])
+                kw = {"in_index": index} if gather else {"out_index": index}
+                _set(layers[i], paths[key], channel_wrapped(lin, width, **kw))
+
+
+# ----------------------------------------------------------------------------------
 # Loading a saved compressed model (used by slimformer.load_model *and* by
 # AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)).
 # ----------------------------------------------------------------------------------
@@ -438,16 +573,23 @@ def validate_plan(plan: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> N
         pre = f"{paths['layers']}.{i}."
         after_attn = bp["d_out"] if bp["d_mid"] is None else bp["d_mid"]
         mlp_in = bp["d_in"] if bp["d_mid"] is None else bp["d_mid"]
-        expect(pre + paths["q"] + ".weight", (bp["q_out"], bp["d_in"]))
-        expect(pre + paths["k"] + ".weight", (bp["k_out"], bp["d_in"]))
-        expect(pre + paths["v"] + ".weight", (bp["v_out"], bp["d_in"]))
-        expect(pre + paths["up"] + ".weight", (bp["mlp_width"], mlp_in))
-        expect(pre + paths["down"] + ".weight", (bp["d_out"], bp["mlp_width"]))
+        # widths the linears read / write: the residual widths, or the sizes of the channel subsets
+        w = _channel_set_widths(i, bp, plan) if _has_channel_sets(bp) else {}
+        attn_read, mlp_read = w.get("attn_in_index", bp["d_in"]), w.get("mlp_in_index", mlp_in)
+        o_rows, down_rows = w.get("attn_out_index", after_attn), w.get("mlp_out_index", bp["d_out"])
+        expect(pre + paths["q"] + ".weight", (bp["q_out"], attn_read))
+        expect(pre + paths["k"] + ".weight", (bp["k_out"], attn_read))
+        expect(pre + paths["v"] + ".weight", (bp["v_out"], attn_read))
+        expect(pre + paths["up"] + ".weight", (bp["mlp_width"], mlp_read))
+        expect(pre + paths["down"] + ".weight", (down_rows, bp["mlp_width"]))
         if paths.get("gate"):
-            expect(pre + paths["gate"] + ".weight", (bp["mlp_width"], mlp_in))
+            expect(pre + paths["gate"] + ".weight", (bp["mlp_width"], mlp_read))
         o_key = pre + paths["o"] + ".weight"
-        if o_key in shapes and shapes[o_key][0] != after_attn:
-            raise SlimformerFormatError(f"tensor {o_key} has shape {list(shapes[o_key])}, the plan says {after_attn} rows")
+        if o_key in shapes and shapes[o_key][0] != o_rows:
+            raise SlimformerFormatError(f"tensor {o_key} has shape {list(shapes[o_key])}, the plan says {o_rows} rows")
+        for key, rows in ((pre + paths["o"] + ".bias", o_rows), (pre + paths["down"] + ".bias", down_rows)):
+            if w and key in shapes and tuple(shapes[key]) != (rows,):
+                raise SlimformerFormatError(f"tensor {key} has shape {list(shapes[key])}, the plan says [{rows}]")
         if bp.get("n_heads") is not None:
             _validate_heads(i, bp, shapes.get(o_key))
         if bp["attn_shortcut"]:
@@ -457,6 +599,34 @@ def validate_plan(plan: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> N
     expect(paths["embed"] + ".weight", (shapes.get(paths["embed"] + ".weight", (0,))[0], plan["embed_width"]))
     if not plan.get("tied_head", False):  # a tied head is the embedding, stored once
         expect(paths["head"] + ".weight", (shapes.get(paths["head"] + ".weight", (0,))[0], plan["head_width"]))
+
+
+def _has_channel_sets(bp: dict[str, Any]) -> bool:
+    return any(bp.get(name) is not None for name in CHANNEL_SETS)
+
+
+def _channel_set_widths(i: int, bp: dict[str, Any], plan: dict[str, Any]) -> dict[str, int]:
+    """Sizes of block ``i``'s residual channel subsets, after checking they are valid index sets
+    of the full-width residual stream (which the block must then keep)."""
+    width = int(plan["full_width"])
+    if plan.get("fused", True) or bp["d_in"] != width or bp["d_out"] != width or bp["d_mid"] not in (None, width):
+        raise SlimformerFormatError(
+            f"block {i}: residual channel subsets need the original blocks with a full-width residual stream "
+            f"(fused=false, d_in = d_mid = d_out = {width}); the plan has fused={plan.get('fused', True)}, "
+            f"d_in={bp['d_in']}, d_mid={bp['d_mid']}, d_out={bp['d_out']}")
+    widths = {}
+    for name in CHANNEL_SETS:
+        index = bp.get(name)
+        if index is None:
+            continue
+        if not (isinstance(index, list) and all(isinstance(j, int) and not isinstance(j, bool) for j in index)):
+            raise SlimformerFormatError(f"block {i}: {name} must be a list of channel positions")
+        try:
+            channel_index(index, len(index), width, name)
+        except ValueError as exc:
+            raise SlimformerFormatError(f"block {i}: corrupt plan: {exc}") from exc
+        widths[name] = len(index)
+    return widths
 
 
 def _validate_heads(i: int, bp: dict[str, Any], o_shape: tuple[int, ...] | None) -> None:
@@ -542,6 +712,7 @@ def load_compressed(path: str, config: Any = None, dtype: Any = None, device: An
     apply_plan(model, plan, float(plan["norm_eps"]))
     _resize_to_checkpoint(model, shapes)
     apply_head_shapes(model, plan)
+    apply_channel_sets(model, plan)  # after the head wrappers: both replace plain Linears
     state = _load_state_dict(path, dtype, device)
     expected = set(model.state_dict().keys())
     tied = bool(plan.get("tied_head", False))

@@ -11,17 +11,20 @@ from .baselines import MagnitudeConfig, RandomConfig, WandaSPConfig, apply_magni
 from .dotresize import DOTResizeConfig, apply_dotresize
 from .prunenet import PruneNetConfig, apply_prunenet
 from .modegpt import MoDeGPTConfig, apply_modegpt
+from .disp import DISPConfig, apply_disp
 
 METHODS: dict[str, MethodSpec] = {
-    "slicegpt": MethodSpec("slicegpt", SliceGPTConfig, apply_slicegpt),
-    "fasp": MethodSpec("fasp", FASPConfig, apply_fasp),
-    "magnitude": MethodSpec("magnitude", MagnitudeConfig, apply_magnitude, needs_calibration=False),
-    "wanda-sp": MethodSpec("wanda-sp", WandaSPConfig, apply_wanda_sp),
-    "random": MethodSpec("random", RandomConfig, apply_random, needs_calibration=False),
-    "dotresize": MethodSpec("dotresize", DOTResizeConfig, apply_dotresize),
-    "modegpt": MethodSpec("modegpt", MoDeGPTConfig, apply_modegpt),
+    "slicegpt": MethodSpec("slicegpt", SliceGPTConfig, apply_slicegpt, offload=True),
+    "fasp": MethodSpec("fasp", FASPConfig, apply_fasp, offload=True),
+    "magnitude": MethodSpec("magnitude", MagnitudeConfig, apply_magnitude, needs_calibration=False, offload=True),
+    "wanda-sp": MethodSpec("wanda-sp", WandaSPConfig, apply_wanda_sp, offload=True),
+    "random": MethodSpec("random", RandomConfig, apply_random, needs_calibration=False, offload=True),
+    "dotresize": MethodSpec("dotresize", DOTResizeConfig, apply_dotresize, offload=True),
+    "modegpt": MethodSpec("modegpt", MoDeGPTConfig, apply_modegpt, offload=True),
     "prunenet": MethodSpec("prunenet", PruneNetConfig, apply_prunenet, needs_calibration=False,
                            accepts_calibration=False),
+    # trains on all blocks at once: no offloading
+    "disp": MethodSpec("disp", DISPConfig, apply_disp),
 }
 
 
@@ -45,4 +48,5 @@ def spec_for_config(config: Any) -> MethodSpec:
 
 
 __all__ = ["FASPConfig", "MagnitudeConfig", "RandomConfig", "WandaSPConfig"]
+__all__ += ["DISPConfig"]
 __all__ += ["DOTResizeConfig", "MoDeGPTConfig", "PruneNetConfig", "METHODS", "MethodSpec", "Runtime", "SliceGPTConfig", "get_method", "method_names", "spec_for_config"]

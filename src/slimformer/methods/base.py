@@ -40,3 +40,7 @@ class MethodSpec:
     needs_calibration: bool = True
     #: False for calibration-free methods (PruneNet): passing data is an error, not silently ignored
     accepts_calibration: bool = True
+    #: True when the method touches each block in a single layer-by-layer pass through
+    #: :func:`slimformer.calib.runner.block_on`, so it runs on an offloaded model
+    #: (:mod:`slimformer.calib.offload`); methods that need all blocks at once (training) do not
+    offload: bool = False

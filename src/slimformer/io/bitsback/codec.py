@@ -609,7 +609,7 @@ def _decode(
 
 def unpack(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> Path:
     """Decode a pack file into a model directory (written atomically; nothing is written on error)."""
-    from ..format import DEFAULT_MAX_SHARD_BYTES, _commit_dir, check_output_dir, write_weights
+    from ..format import DEFAULT_MAX_SHARD_BYTES, commit_dir, check_output_dir, write_weights
 
     out = check_output_dir(out, overwrite).absolute()
     state, files = decode(path, progress=progress)
@@ -619,7 +619,7 @@ def unpack(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = Fa
         for name, content in files.items():
             (tmp / name).write_bytes(content)
         write_weights(state, tmp, DEFAULT_MAX_SHARD_BYTES)
-        _commit_dir(tmp, out)
+        commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

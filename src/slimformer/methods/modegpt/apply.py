@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ...arch import ArchAdapter, get_module
 from ...calib.grams import _capture, block_view
-from ...calib.runner import BlockInputs, capture_block_inputs, model_device
+from ...calib.runner import BlockInputs, block_on, capture_block_inputs
 from ...calib.scores import block_scores
 from ...calib.stats import Covariance
 from ...core.fuse import is_slim
@@ -278,7 +278,7 @@ class _Compressor:
         rec = self.attention(li, block, acc_x.value())
         down = get_module(block, ad.down)
         acc_h, cache = Covariance(down.in_features), []
-        handle = down.register_forward_pre_hook(_capture(acc_h, cache, inp.storage))
+        handle = down.register_forward_pre_hook(_capture(acc_h, cache, inp.put))
         mids = []
         try:
             for b, (x, kw) in enumerate(zip(inp.hidden, inp.kwargs)):
@@ -287,11 +287,11 @@ class _Compressor:
                 a = view._attn(n, kw)
                 if ad.parallel:
                     view._mlp(n)
-                    mids.append((x + a).to(inp.storage))
+                    mids.append(inp.put(x + a))
                 else:
                     h = x + a  # [b, t, d]
                     view._mlp(get_module(block, ad.mlp_norm)(h))
-                    mids.append(h.to(inp.storage))
+                    mids.append(inp.put(h))
         finally:
             handle.remove()
         acc_h.all_reduce()
@@ -301,7 +301,7 @@ class _Compressor:
             act = cache[b].to(dev)
             if keep is not None:
                 act = act.index_select(-1, keep.to(dev))
-            inp.hidden[b] = (h.to(dev) + down(act)).to(inp.storage)  # [b, t, d_out]
+            inp.hidden[b] = inp.put(h.to(dev) + down(act))  # [b, t, d_out]
             cache[b] = None  # type: ignore[call-overload]
         rec["kept"] = vars(self.counts[li])
         self.report.append(rec)
@@ -333,13 +333,11 @@ def apply_modegpt(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig,
     inputs = capture_block_inputs(model, adapter, calib_ids, runtime.batch_size, runtime.device,
                                   runtime.offload_activations)
     comp = _Compressor(model, adapter, config, plan.counts, runtime.device)
-    layers = adapter.get_layers(model)
-    home = model_device(model)
     with torch.no_grad():
-        for li in tqdm(range(len(layers)), desc="modegpt", unit="layer", disable=not runtime.progress):
-            block = layers[li].to(runtime.device)
-            comp.block(li, block, inputs)
-            layers[li] = block.to(home)
+        for li in tqdm(range(len(adapter.get_layers(model))), desc="modegpt", unit="layer",
+                       disable=not runtime.progress):
+            with block_on(model, adapter, li, runtime.device) as block:
+                comp.block(li, block, inputs)
     after = sum(p.numel() for p in model.parameters())
     if after != plan.params_after:  # exact by construction; never misreport silently
         logger.warning("predicted %d parameters, the compressed model has %d", plan.params_after, after)

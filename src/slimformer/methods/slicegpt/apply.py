@@ -56,11 +56,15 @@ class PCAChooser:
             return None
         assert cov is not None
         k = self.width_of(point)
-        _, Q = pca_basis(cov, self.damping)
-        Qk = Q[:, :k]
-        energy = float(torch.trace(Qk.T @ cov @ Qk) / torch.trace(cov)) if k < self.d else 1.0
+        total = float(torch.trace(cov))
+        ridge = self.damping * total / self.d
+        # cov is not needed afterwards: damp it in place (one [d, d] float64 matrix less at peak)
+        vals, Q = pca_basis(cov, self.damping, overwrite=True)
+        # damping shifts every eigenvalue by the ridge and keeps the eigenvectors, so the
+        # undamped energy in span(Q_k) is sum(top-k eigenvalues) - k * ridge
+        energy = float((vals[:k].sum() - k * ridge) / total) if k < self.d else 1.0
         self.kept_energy[f"{point.kind}{'' if point.layer < 0 else point.layer}"] = round(energy, 6)
-        return Qk
+        return Q[:, :k].clone()
 
 
 def slice_residual_stream(

@@ -1,0 +1,452 @@
+"""Sequential onloading: compress a model that never sits in memory as a whole.
+
+``open_offloaded(path, out)`` builds the model as a skeleton: the embeddings,
+final norm, head and every buffer are real, each decoder block's *parameters*
+are on the meta device. The layer loops of the calibration code
+(:func:`slimformer.calib.runner.block_on`) then ask the attached
+:class:`LayerStore` for one block at a time:
+
+    load      read block i's tensors from the checkpoint's safetensors (lazily,
+              only those keys) straight onto the compute device, apply the
+              registered per-block steps (e.g. norm fusion), hand the block out
+    release   write the compressed block to its own output shard
+              (``model-0000{i+1}-of-000{L+1}.safetensors`` in a temporary
+              directory beside ``out``) and put its parameters back on meta
+
+so peak memory is one block of weights (plus the small global tensors) and one
+layer boundary of calibration activations. Activations stay on the CPU
+(``activations="cpu"``, pinned when the compute device is a GPU) or go to files
+in a scratch directory (``activations="disk"``), read back one batch at a time.
+:meth:`LayerStore.finish` writes the global tensors as the last shard, the
+index, config, runtime file and report, then renames the directory into place
+(the same atomic commit as :func:`slimformer.io.format.save_compressed`).
+
+A block is written once: a second modifying pass over the same block raises
+instead of silently re-reading the uncompressed weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..arch import ArchAdapter, get_adapter
+from ..memory import trim_heap
+
+logger = logging.getLogger("slimformer.calib.offload")
+
+ACTIVATION_MODES = ("cpu", "disk")
+_ATTR = "_slimformer_layer_store"
+
+#: a per-block step run right after a block is loaded: ``(block, layer index) -> block`` (may replace it)
+Prepare = Callable[[nn.Module, int], nn.Module]
+
+
+class CheckpointSource:
+    """Reads named tensors from a Hugging Face safetensors checkpoint directory, lazily.
+
+    Handles one ``model.safetensors`` or shards with ``model.safetensors.index.json``.
+    Each :meth:`read` opens the files it needs and closes them again, so nothing
+    stays mapped between blocks.
+    """
+
+    def __init__(self, directory: str | os.PathLike, prefix: str = "model") -> None:
+        self.directory = Path(directory)
+        index = self.directory / "model.safetensors.index.json"
+        single = self.directory / "model.safetensors"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ValueError(f"{index} is not a valid safetensors index: {exc}") from exc
+            self.files = {k: self.directory / v for k, v in weight_map.items()}
+        elif single.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(single), framework="pt") as fh:
+                self.files = {k: single for k in fh.keys()}
+        elif any(self.directory.glob("*.bin")) or any(self.directory.glob("*.pt")):
+            raise ValueError(f"{self.directory} holds pickled weights (*.bin); offloading reads safetensors only: "
+                             "convert it once with model.save_pretrained(dir, safe_serialization=True)")
+        else:
+            raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {self.directory}")
+        missing = sorted({str(f) for f in self.files.values() if not f.is_file()})
+        if missing:
+            raise FileNotFoundError(f"checkpoint shard(s) missing: {', '.join(missing)}")
+        self.prefix = prefix
+
+    def key(self, name: str) -> str | None:
+        """The checkpoint key of model tensor ``name`` (some checkpoints omit the base-model prefix)."""
+        if name in self.files:
+            return name
+        p = self.prefix + "."
+        if name.startswith(p) and name[len(p):] in self.files:
+            return name[len(p):]
+        return None
+
+    def read(self, names: list[str], device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        """``{name: tensor}`` for the model tensor names given (KeyError naming the missing ones)."""
+        from safetensors import safe_open
+
+        keys = {n: self.key(n) for n in names}
+        missing = [n for n, k in keys.items() if k is None]
+        if missing:
+            raise KeyError(f"checkpoint {self.directory} has no tensor(s) {missing[:5]}"
+                           f"{' ...' if len(missing) > 5 else ''}: not a checkpoint of this architecture?")
+        by_file: dict[Path, list[str]] = {}
+        for n, k in keys.items():
+            by_file.setdefault(self.files[k], []).append(n)  # type: ignore[index]
+        out: dict[str, torch.Tensor] = {}
+        for path, group in by_file.items():
+            for n, t in read_tensors(path, {n: keys[n] for n in group}).items():  # type: ignore[misc]
+                t = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+                out[n] = t.to(device) if device.type != "cpu" else t
+        return out
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> int:
+    """Write a safetensors file tensor by tensor (no serialised copy of the whole file in
+    memory, unlike ``safetensors.torch.save_file``); returns the bytes of tensor data.
+
+    Layout per the safetensors spec: 8-byte little-endian header size, JSON header
+    (``dtype``, ``shape``, ``data_offsets``; padded with spaces to 8 bytes), data.
+    """
+    names = {v: k for k, v in _ST_DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, t in tensors.items():
+        if t.dtype not in names:
+            raise ValueError(f"cannot write tensor {key} of dtype {t.dtype}")
+        nbytes = t.numel() * t.element_size()
+        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                c = t.detach().to("cpu").contiguous()
+                fh.write(memoryview(c.view(-1).view(torch.uint8).numpy()))
+    return offset
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_tensors(path: Path, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Read tensors (``{our name: key in the file}``) from one safetensors file with plain reads.
+
+    Unlike a memory map, the bytes land directly in freshly allocated tensors, so
+    no page of the checkpoint stays mapped (and counted as resident) after a block
+    is replaced or freed.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path} is not a safetensors file (truncated header)")
+        n = int.from_bytes(head, "little")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not a safetensors file (bad header: {exc})") from exc
+        out: dict[str, torch.Tensor] = {}
+        for ours, key in names.items():
+            info = header[key]
+            if info["dtype"] not in _ST_DTYPES:
+                raise ValueError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+            start, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+            buf = t.view(-1).view(torch.uint8).numpy() if t.numel() else None
+            if end - start != (0 if buf is None else buf.nbytes):
+                raise ValueError(f"{path}: tensor {key} has {end - start} bytes, its shape needs {t.nbytes}")
+            if buf is not None:
+                fh.seek(8 + n + start)
+                if fh.readinto(memoryview(buf)) != buf.nbytes:
+                    raise ValueError(f"{path} is truncated (tensor {key})")
+            out[ours] = t
+        return out
+
+
+class DiskTensor:
+    """A tensor parked in a file; ``.to(device)`` reads it back (the file goes with the object)."""
+
+    def __init__(self, t: torch.Tensor, directory: Path) -> None:
+        t = t.detach().to("cpu").contiguous()
+        self.shape, self.dtype = tuple(t.shape), t.dtype
+        fd, name = tempfile.mkstemp(suffix=".act", dir=directory)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(t.view(-1).view(torch.uint8).numpy().tobytes())
+        self.path = name
+        self._cleanup = weakref.finalize(self, _unlink, name)
+
+    def to(self, device: torch.device | str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        nbytes = int(torch.Size(self.shape).numel()) * torch.empty((), dtype=self.dtype).element_size()
+        raw = torch.from_file(self.path, shared=False, size=nbytes, dtype=torch.uint8)
+        t = raw.view(self.dtype).view(self.shape)
+        return t.to(device, *args, **kwargs) if torch.device(device).type != "cpu" else t.clone()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class ActivationStash:
+    """Where cached calibration activations wait between sublayers.
+
+    ``put(t)`` returns something with ``.to(device)``: the tensor itself on
+    ``device`` (in-memory), on CPU (pinned for GPU compute), or a :class:`DiskTensor`.
+    """
+
+    def __init__(self, mode: str, device: torch.device, directory: Path | None = None) -> None:
+        if mode not in ("device",) + ACTIVATION_MODES:
+            raise ValueError(f"activation storage must be one of {', '.join(ACTIVATION_MODES)}, got {mode!r}")
+        if mode == "disk" and directory is None:
+            raise ValueError("disk activation storage needs a directory")
+        self.mode, self.device, self.directory = mode, device, directory
+
+    @property
+    def storage(self) -> torch.device:
+        return self.device if self.mode == "device" else torch.device("cpu")
+
+    def put(self, t: torch.Tensor) -> Any:
+        if self.mode == "disk":
+            return DiskTensor(t, self.directory)  # type: ignore[arg-type]
+        if self.mode == "cpu":
+            t = t.to("cpu")
+            return t.pin_memory() if self.device.type == "cuda" and torch.cuda.is_available() else t
+        return t.to(self.device)
+
+
+class LayerStore:
+    """Loads one decoder block at a time from the checkpoint and writes it out when done.
+
+    Attach with :func:`open_offloaded`; the calibration loops reach it through
+    :func:`store_of`. ``prepares`` run on each block after it is loaded.
+    """
+
+    def __init__(self, model: nn.Module, adapter: ArchAdapter, source: CheckpointSource, out: Path,
+                 tmp: Path, activations: str, dtype: torch.dtype, writer: bool = True) -> None:
+        self.model, self.adapter, self.source = model, adapter, source
+        self.out, self.tmp, self.dtype = out, tmp, dtype
+        self.activations, self.writer = activations, writer
+        self.n_layers = len(adapter.get_layers(model))
+        self.prepares: list[Prepare] = []
+        self.fused = False  # norm fusion is registered as a prepare (see slimformer.core.fuse.fuse)
+        self.weight_map: dict[str, str] = {}
+        self.written: set[int] = set()
+        self.loaded: set[int] = set()
+        self.bytes_written = 0
+        self.scratch = Path(tempfile.mkdtemp(prefix=".activations-", dir=tmp)) if activations == "disk" else None
+
+    # -- activations ---------------------------------------------------------------------------
+    def stash(self, device: torch.device) -> ActivationStash:
+        return ActivationStash(self.activations, device, self.scratch)
+
+    # -- blocks --------------------------------------------------------------------------------
+    def _prefix(self, li: int) -> str:
+        return f"{self.adapter.layers}.{li}."
+
+    def shard_name(self, index: int) -> str:
+        return f"model-{index + 1:05d}-of-{self.n_layers + 1:05d}.safetensors"
+
+    def load(self, li: int, device: torch.device) -> nn.Module:
+        """Materialise block ``li``'s parameters on ``device`` and run the prepares; returns the block."""
+        if li in self.written:
+            raise RuntimeError(f"block {li} was already compressed and written; a second modifying pass over an "
+                               "offloaded model is not supported (run this method without --offload)")
+        layers = self.adapter.get_layers(self.model)
+        block = layers[li]
+        names = {n: f"{self._prefix(li)}{n}" for n, p in block.named_parameters() if p.device.type == "meta"}
+        tensors = self.source.read(list(names.values()), device, self.dtype)
+        for local, full in names.items():
+            owner, attr = _owner(block, local)
+            owner._parameters[attr] = nn.Parameter(tensors[full], requires_grad=False)
+        block.to(device)  # buffers (rotary tables etc.)
+        for prep in self.prepares:
+            block = prep(block, li)
+        layers[li] = block
+        self.loaded.add(li)
+        return block
+
+    def release(self, li: int, write: bool) -> None:
+        """Write block ``li`` to its shard (``write``) and move its parameters back to meta."""
+        layers = self.adapter.get_layers(self.model)
+        block = layers[li]
+        if write and not self.writer:
+            self.written.add(li)
+        elif write:
+            state = {f"{self._prefix(li)}{k}": v for k, v in block.state_dict().items() if v.device.type != "meta"}
+            name = self.shard_name(li)
+            self.bytes_written += write_tensors(self.tmp / name, state)
+            self.weight_map.update({k: name for k in state})
+            self.written.add(li)
+            del state
+        _to_meta(block)
+        trim_heap()
+        if not write:
+            self.loaded.discard(li)
+
+
+def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, attr = name.rpartition(".")
+    return (root.get_submodule(path) if path else root), attr
+
+
+def _to_meta(block: nn.Module) -> None:
+    """Replace every parameter of ``block`` by a meta tensor of the same shape (buffers stay)."""
+    for module in block.modules():
+        for attr, p in list(module._parameters.items()):
+            if p is not None and p.device.type != "meta":
+                module._parameters[attr] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+
+
+def store_of(model: nn.Module) -> LayerStore | None:
+    """The :class:`LayerStore` of an offloaded model (``None`` for an ordinary in-memory model)."""
+    return getattr(model, _ATTR, None)
+
+
+def _resolve(name_or_path: str) -> Path:
+    """A local checkpoint directory for ``name_or_path`` (a hub id is downloaded, safetensors only)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    if name_or_path.startswith((".", "/", "~")) or p.suffix:
+        raise FileNotFoundError(f"model directory not found: {name_or_path}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # offline, unknown id, ...
+        raise FileNotFoundError(f"cannot fetch {name_or_path!r} from the hub ({exc}); pass a local directory") from exc
+
+
+def _dtype_of(config: Any, dtype: torch.dtype | str | None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype or getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    name = str(name).replace("torch.", "")
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unsupported dtype {name!r} for offloaded compression; use float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def open_offloaded(
+    name_or_path: str | os.PathLike,
+    out: str | os.PathLike,
+    activations: str = "disk",
+    dtype: torch.dtype | str | None = None,
+    overwrite: bool = False,
+    writer: bool = True,
+) -> nn.Module:
+    """A model skeleton whose blocks load lazily from ``name_or_path`` and are written to ``out``.
+
+    Only the global tensors (embeddings, final norm, head) are read now. The
+    temporary output directory is created beside ``out`` (removed again by
+    :func:`discard` on failure). ``writer=False`` (torchrun ranks other than 0)
+    computes the same blocks but writes nothing. Use with
+    :func:`slimformer.api.compress_offloaded`.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..io.format import check_output_dir
+
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"offload must be one of {', '.join(ACTIVATION_MODES)}, got {activations!r}")
+    out_path = check_output_dir(out, overwrite).absolute()
+    src = _resolve(str(name_or_path))
+    config = AutoConfig.from_pretrained(str(src))
+    if isinstance(getattr(config, "slimformer", None), dict):
+        raise ValueError(f"{src} is already a slimformer-compressed model; offloaded compression starts from a "
+                         "dense Hugging Face checkpoint")
+    torch_dtype = _dtype_of(config, dtype)
+    source_prefix = "model"
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    adapter = get_adapter(model)
+    source = CheckpointSource(src, getattr(model, "base_model_prefix", source_prefix) or source_prefix)
+    _load_globals(model, adapter, source, torch_dtype)
+    model.eval()
+    if writer:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="slimformer-offload-"))
+    store = LayerStore(model, adapter, source, out_path, tmp, activations, torch_dtype, writer)
+    setattr(model, _ATTR, store)
+    model.name_or_path = str(name_or_path)
+    logger.info("offloaded %s: %d blocks load lazily from %s; output shards go to %s",
+                config.model_type, store.n_layers, src, tmp)
+    return model
+
+
+def _load_globals(model: nn.Module, adapter: ArchAdapter, source: CheckpointSource, dtype: torch.dtype) -> None:
+    """Read every parameter outside the decoder blocks; tie the head when the checkpoint has none."""
+    block_prefix = adapter.layers + "."
+    head_name = adapter.head + ".weight"
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False) if not n.startswith(block_prefix)]
+    wanted = [n for n in names if source.key(n) is not None or n != head_name]
+    tensors = source.read(wanted, torch.device("cpu"), dtype)
+    for name, t in tensors.items():
+        owner, attr = _owner(model, name)
+        owner._parameters[attr] = nn.Parameter(t, requires_grad=False)
+    if head_name not in tensors:  # tied head stored once
+        head, emb = model.get_submodule(adapter.head), model.get_submodule(adapter.embed)
+        head.weight = emb.weight
+    elif getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+
+
+def finish(model: nn.Module, section: dict[str, Any], report: dict[str, Any] | None, tokenizer: Any = None) -> Path:
+    """Write the global tensors, index, config, runtime file and report; commit the directory."""
+    from ..io import format as fmt
+    from ..core.plan import FORMAT_VERSION
+
+    store = store_of(model)
+    if store is None:
+        raise ValueError("not an offloaded model")
+    todo = sorted(set(range(store.n_layers)) - store.written)
+    if todo:
+        raise RuntimeError(f"blocks {todo} were never compressed/written; the output would be incomplete")
+    state = {k: v for k, v in fmt.untied_state(model).items() if not k.startswith(store.adapter.layers + ".")}
+    name = store.shard_name(store.n_layers)
+    total = store.bytes_written + write_tensors(store.tmp / name, state)
+    store.weight_map.update({k: name for k in state})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(store.weight_map.items()))}
+    (store.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    if store.scratch is not None:
+        shutil.rmtree(store.scratch, ignore_errors=True)
+    section = {"format_version": FORMAT_VERSION, **section, "plain": False}
+    fmt.write_metadata(model, store.tmp, section, report, tokenizer)
+    fmt.commit_dir(store.tmp, store.out)
+    delattr(model, _ATTR)
+    logger.info("saved compressed model to %s (%.2f MB of weights, %d shards)", store.out, total / 2**20,
+                store.n_layers + 1)
+    return store.out
+
+
+def discard(model: nn.Module) -> None:
+    """Remove what is left of an offloaded run's temporary directory (after a failure,
+    or a rank that does not write) and detach the store; a no-op after :func:`finish`."""
+    store = store_of(model)
+    if store is not None:
+        shutil.rmtree(store.tmp, ignore_errors=True)
+        delattr(model, _ATTR)

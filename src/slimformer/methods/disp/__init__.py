@@ -1,0 +1,13 @@
+"""DISP-LLM (Gao et al., NeurIPS 2024): dimension-independent structural pruning with learned masks.
+
+``masks`` (mask hooks + exact parameter counting), ``hypernet`` (bi-GRU mask generator),
+``train`` (hypernetwork training on the frozen model, exact budget), ``export`` (physical
+gather/scatter slicing), ``apply`` (the method's entry point).
+"""
+
+from .apply import apply_disp, learn_masks
+from .config import DISPConfig
+from .masks import BlockMasks, BlockShapes, MaskHooks, block_shapes, kept_params, prunable_params, total_params
+
+__all__ = ["BlockMasks", "BlockShapes", "DISPConfig", "MaskHooks", "apply_disp", "block_shapes", "kept_params",
+           "learn_masks", "prunable_params", "total_params"]
