@@ -32,7 +32,7 @@ import torch
 
 import slimformer as sf
 from slimformer.eval import perplexity
-from slimformer.memory import peak_rss_mb
+from slimformer.memory import peak_rss_mb, reset_peak_rss
 from slimformer.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,19 +69,9 @@ def _other_methods() -> dict[str, type]:
     return out
 
 
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux ``clear_refs`` 5), so each run's peak is its own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _run(path: Path, config: Any, calib: Any, evaluate: Callable[[Any], float]) -> dict[str, Any]:
     model, _ = sf.load_model(path)
-    _reset_peak_rss()
+    reset_peak_rss()
     t0 = time.perf_counter()
     result = sf.compress(model, config, calib, progress=False)
     seconds = time.perf_counter() - t0

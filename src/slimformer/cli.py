@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -229,7 +230,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> int:
     from .api import compress, load_model
-    from .data import load, load_text
+    from .data import load_text
     from .io.format import check_output_dir
     from .methods import get_method
 
@@ -250,11 +251,7 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
     reset_peak_rss()  # the report's peak then covers loading + compression, not imports
     rss_before_load = rss_mb()
     model, tok = load_model(args.model, dtype=args.dtype)
-    calib = None
-    if source is not None:
-        if tok is None:
-            raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
-        calib = load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+    calib = _calibration(args, source, tok)
     result = compress(
         model, config, calib, device=device, batch_size=args.batch_size,
         offload_activations=args.offload_activations, progress=not args.no_progress and info.main,
@@ -270,10 +267,20 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
     return 0
 
 
+def _calibration(args: argparse.Namespace, source: Any, tok: Any) -> Any:
+    """Tokenised calibration windows from ``--calib*`` (``None`` without ``--calib``)."""
+    from .data import load
+
+    if source is None:
+        return None
+    if tok is None:
+        raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
+    return load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+
+
 def _compress_offloaded(args: argparse.Namespace, config: Any, device: str, info: Any, source: Any) -> int:
     """``--offload cpu|disk``: stream the blocks from the checkpoint and write --out as they finish."""
     from .api import compress_offloaded, offload_method_names
-    from .data import load
     from .io.format import load_tokenizer
     from .methods import get_method
 
@@ -285,11 +292,7 @@ def _compress_offloaded(args: argparse.Namespace, config: Any, device: str, info
         raise ValueError(f"method {args.method} needs every block in memory at once; --offload works with: "
                          f"{', '.join(offload_method_names())}")
     tok = load_tokenizer(args.model)
-    calib = None
-    if source is not None:
-        if tok is None:
-            raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
-        calib = load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+    calib = _calibration(args, source, tok)
     result = compress_offloaded(
         args.model, config, calib, args.out, offload=args.offload, device=device, dtype=args.dtype,
         batch_size=args.batch_size, progress=not args.no_progress and info.main, tokenizer=tok, seed=args.seed,
@@ -579,7 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"slimformer: error: {msg}", file=sys.stderr)
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        where = f" (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else ""
+        # under torchrun this rank exits non-zero and torchrun stops the other ranks
+        print(f"slimformer: error{where}: {msg}", file=sys.stderr)
         return 2
 
 
