@@ -64,7 +64,7 @@ def _other_methods() -> dict[str, type]:
     out = {}
     for name, spec in METHODS.items():
         fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-        if name not in ("slicegpt", "dotresize") and "target_params" in fields:
+        if name not in ("slicegpt", "dotresize", "disp") and "target_params" in fields:  # disp trains
             out[name] = spec.config_cls
     return out
 

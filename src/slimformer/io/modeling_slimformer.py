@@ -330,6 +330,17 @@ def _index_on(idx: torch.Tensor, device: Any) -> torch.Tensor:
     return idx if device is None or torch.device(device).type == "meta" else idx.to(device)
 
 
+def _init_channel_linear(lin: nn.Linear, in_features: int, out_features: int, bias: bool, residual_width: int,
+                         name: str, index: Any, size: int, device: Any, dtype: Any) -> None:
+    """Shared constructor of the channel-set linears: the Linear itself plus the index buffer ``name``."""
+    with warnings.catch_warnings():  # an empty channel set makes a 0-element weight (allowed, exact)
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        nn.Linear.__init__(lin, in_features, out_features, bias=bias, device=device, dtype=dtype)
+    lin.residual_width = int(residual_width)
+    idx = channel_index(index, size, lin.residual_width, name)
+    lin.register_buffer(name, _index_on(idx, device), persistent=False)
+
+
 class GatherInLinear(nn.Linear):
     """Linear that reads only the residual channels ``in_index`` of its full-width input.
 
@@ -340,12 +351,8 @@ class GatherInLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, residual_width: int, in_index: Any,
                  device: Any = None, dtype: Any = None) -> None:
-        with warnings.catch_warnings():  # an empty channel set makes a 0-element weight (allowed, exact)
-            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.residual_width = int(residual_width)
-        idx = channel_index(in_index, in_features, self.residual_width, "in_index")
-        self.register_buffer("in_index", _index_on(idx, device), persistent=False)
+        _init_channel_linear(self, in_features, out_features, bias, residual_width, "in_index", in_index,
+                             in_features, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [.., residual_width] -> gathered [.., k] -> [.., out]
@@ -364,12 +371,8 @@ class ScatterOutLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, residual_width: int, out_index: Any,
                  device: Any = None, dtype: Any = None) -> None:
-        with warnings.catch_warnings():  # an empty channel set makes a 0-element weight (allowed, exact)
-            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.residual_width = int(residual_width)
-        idx = channel_index(out_index, out_features, self.residual_width, "out_index")
-        self.register_buffer("out_index", _index_on(idx, device), persistent=False)
+        _init_channel_linear(self, in_features, out_features, bias, residual_width, "out_index", out_index,
+                             out_features, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(x, self.weight, self.bias)  # [.., k]
