@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 import slimformer as sf
-from slimformer.eval import perplexity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fasp import SETUPS, SHARED  # noqa: E402  (same data, windows and evaluation as the FASP benchmark)
+from fasp import SETUPS, SHARED, ppl_table, run_model as fasp_run_model  # noqa: E402  (same data, windows and evaluation as the FASP benchmark)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,64 +41,24 @@ def methods(steps: int, batch: int, seqlen: int | None, lam: float, lr: float) -
     }
 
 
+def disp_fields(method: str, rep: dict[str, Any]) -> dict[str, Any]:
+    """The training/budget fields of a DISP row (empty for the other methods)."""
+    if method != "disp":
+        return {}
+    return dict(steps=rep["steps"], train_seconds=rep["train_seconds"], final_lm_loss=rep["final_lm_loss"],
+                final_r=rep["final_r"], p=rep["p"], budget_adjustment=rep["budget_adjustment"],
+                kept_widths=rep["kept_widths"], config={k: v for k, v in rep["config"].items() if k != "checkpoint"})
+
+
 def run_model(name: str, fractions: list[float], table: dict[str, Callable[[float], Any]]) -> dict[str, Any]:
-    s = SETUPS[name]
-    model_dir = SHARED / "models" / name
-    dense, tok = sf.load_model(model_dir, dtype="float32")
-    calib = sf.data.load(str(SHARED / s["calib"]), tok, samples=s["samples"], seqlen=s["seqlen"], seed=s["seed"])
-    ids = sf.data.tokenize_text(sf.data.load_text(str(SHARED / s["eval"])).text, tok)[: s["eval_tokens"]]
-
-    def ppl(m: torch.nn.Module) -> tuple[float, int]:
-        r = perplexity(m, tok, ids, seqlen=s["eval_seqlen"], batch_size=16, progress=False)
-        return r.ppl, r.tokens
-
-    d, tokens = ppl(dense)
-    out: dict[str, Any] = {"setup": s, "dense_ppl": d, "tokens": tokens, "params": sf.count_params(dense), "rows": []}
-    print(f"{name}: dense ppl {d:.3f} on {tokens:,} tokens", flush=True)
-    for f in fractions:
-        for method, make in table.items():
-            model, _ = sf.load_model(model_dir, dtype="float32")
-            t0 = time.perf_counter()
-            try:
-                r = sf.compress(model, make(f), calib, progress=False)
-            except ValueError as exc:  # e.g. a budget a method cannot reach
-                out["rows"].append({"target": f, "method": method, "error": str(exc).splitlines()[0]})
-                print(name, method, f, "error:", exc, flush=True)
-                continue
-            seconds = time.perf_counter() - t0
-            p, _ = ppl(model)
-            row = {"target": f, "method": method, "removed": r.report["removed_fraction"], "ppl": p,
-                   "seconds": seconds, "params_after": r.report["params_after"]}
-            if method == "disp":
-                rep = r.report
-                row.update(steps=rep["steps"], train_seconds=rep["train_seconds"],
-                           final_lm_loss=rep["final_lm_loss"], final_r=rep["final_r"], p=rep["p"],
-                           budget_adjustment=rep["budget_adjustment"], kept_widths=rep["kept_widths"],
-                           config={k: v for k, v in rep["config"].items() if k != "checkpoint"})
-            out["rows"].append(row)
-            print(name, json.dumps({k: v for k, v in row.items() if k != "kept_widths"}), flush=True)
-    return out
+    return fasp_run_model(name, fractions, table, extra=disp_fields)
 
 
 def tables(data: dict[str, Any]) -> str:
     """Markdown tables (one per model) from the JSON this script writes."""
     lines = []
     for name, res in data["models"].items():
-        s = res["setup"]
-        lines += [f"### {name}", "",
-                  f"Dense perplexity **{res['dense_ppl']:.3f}** on {res['tokens']:,} tokens "
-                  f"({s['eval']}, windows of {s['eval_seqlen']}); {res['params']:,} parameters; calibration "
-                  f"{s['samples']} x {s['seqlen']} tokens of {s['calib']} (seed {s['seed']}).", ""]
-        fractions = sorted({r["target"] for r in res["rows"]})
-        head = "| method | " + " | ".join(f"ppl @ {100 * f:.0f}% (removed) | seconds" for f in fractions) + " |"
-        lines += [head, "|---|" + "---|---|" * len(fractions)]
-        for method in dict.fromkeys(r["method"] for r in res["rows"]):
-            cells = []
-            for f in fractions:
-                r = next(r for r in res["rows"] if r["method"] == method and r["target"] == f)
-                cells.append("error | -" if "error" in r else
-                             f"{r['ppl']:.2f} ({100 * r['removed']:.1f}%) | {r['seconds']:.1f}")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ppl_table(name, res)
         lines += ["", "DISP training (per target): steps, training seconds, mean LM loss of the last 20 steps, "
                   "kept fraction r of attention + MLP parameters at the last step vs its target p, and the "
                   "global logit offset that made the budget exact (removed fraction before -> after).", "",

@@ -49,10 +49,17 @@ SETUPS = {
 }
 
 
-def run_model(name: str, fractions: list[float]) -> dict[str, Any]:
+def run_model(name: str, fractions: list[float], table: dict[str, Callable[[float], Any]] | None = None,
+              extra: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Dense perplexity, then every method of ``table`` (default: this script's METHODS) at every fraction.
+
+    ``extra(method, report)`` adds method-specific fields to a row. A method that cannot reach a
+    budget (ValueError) gets a row with ``"error"``. Shared with benchmarks/disp.py.
+    """
+    table = METHODS if table is None else table
     s = SETUPS[name]
     model_dir = SHARED / "models" / name
-    dense, tok = sf.load_model(model_dir)
+    dense, tok = sf.load_model(model_dir, dtype="float32")
     calib = sf.data.load(str(SHARED / s["calib"]), tok, samples=s["samples"], seqlen=s["seqlen"], seed=s["seed"])
     ids = sf.data.tokenize_text(sf.data.load_text(str(SHARED / s["eval"])).text, tok)[: s["eval_tokens"]]
 
@@ -64,16 +71,23 @@ def run_model(name: str, fractions: list[float]) -> dict[str, Any]:
     out: dict[str, Any] = {"setup": s, "dense_ppl": d, "tokens": tokens, "params": sf.count_params(dense), "rows": []}
     print(f"{name}: dense ppl {d:.3f} on {tokens:,} tokens", flush=True)
     for f in fractions:
-        for method, make in METHODS.items():
-            model, _ = sf.load_model(model_dir)
+        for method, make in table.items():
+            model, _ = sf.load_model(model_dir, dtype="float32")
             t0 = time.perf_counter()
-            r = sf.compress(model, make(f), calib, progress=False)
+            try:
+                r = sf.compress(model, make(f), calib, progress=False)
+            except ValueError as exc:  # e.g. a budget a method cannot reach
+                out["rows"].append({"target": f, "method": method, "error": str(exc).splitlines()[0]})
+                print(name, method, f, "error:", exc, flush=True)
+                continue
             seconds = time.perf_counter() - t0
             p, _ = ppl(model)
             row = {"target": f, "method": method, "removed": r.report["removed_fraction"], "ppl": p,
                    "seconds": seconds, "params_after": r.report["params_after"]}
+            if extra is not None:
+                row.update(extra(method, r.report))
             out["rows"].append(row)
-            print(json.dumps(row), flush=True)
+            print(name, json.dumps({k: v for k, v in row.items() if k != "kept_widths"}), flush=True)
     return out
 
 
@@ -120,24 +134,31 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def ppl_table(name: str, res: dict[str, Any]) -> list[str]:
+    """Markdown lines of one model: setup sentence + perplexity/removed/seconds per method and fraction
+    (rows with an ``"error"`` show it as such). Shared with benchmarks/disp.py."""
+    s = res["setup"]
+    lines = [f"### {name}", "",
+             f"Dense perplexity **{res['dense_ppl']:.3f}** on {res['tokens']:,} tokens "
+             f"({s['eval']}, windows of {s['eval_seqlen']}); {res['params']:,} parameters; calibration "
+             f"{s['samples']} x {s['seqlen']} tokens of {s['calib']} (seed {s['seed']}).", ""]
+    fractions = sorted({r["target"] for r in res["rows"]})
+    head = "| method | " + " | ".join(f"ppl @ {100 * f:.0f}% (removed) | seconds" for f in fractions) + " |"
+    lines += [head, "|---|" + "---|---|" * len(fractions)]
+    for method in dict.fromkeys(r["method"] for r in res["rows"]):
+        cells = []
+        for f in fractions:
+            r = next(r for r in res["rows"] if r["method"] == method and r["target"] == f)
+            cells.append("error | -" if "error" in r else f"{r['ppl']:.2f} ({100 * r['removed']:.1f}%) | {r['seconds']:.1f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def tables(data: dict[str, Any]) -> str:
     """Markdown tables (one per model) from the JSON this script writes."""
     lines = []
     for name, res in data["models"].items():
-        s = res["setup"]
-        lines += [f"### {name}", "",
-                  f"Dense perplexity **{res['dense_ppl']:.3f}** on {res['tokens']:,} tokens "
-                  f"({s['eval']}, windows of {s['eval_seqlen']}); {res['params']:,} parameters; calibration "
-                  f"{s['samples']} x {s['seqlen']} tokens of {s['calib']} (seed {s['seed']}).", ""]
-        fractions = sorted({r["target"] for r in res["rows"]})
-        head = "| method | " + " | ".join(f"ppl @ {100 * f:.0f}% (removed) | seconds" for f in fractions) + " |"
-        lines += [head, "|---|" + "---|---|" * len(fractions)]
-        for method in dict.fromkeys(r["method"] for r in res["rows"]):
-            cells = []
-            for f in fractions:
-                r = next(r for r in res["rows"] if r["method"] == method and r["target"] == f)
-                cells.append(f"{r['ppl']:.2f} ({100 * r['removed']:.1f}%) | {r['seconds']:.1f}")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ppl_table(name, res)
         lines.append("")
     if data.get("timing"):
         lines += ["### Compression time, random Llama (d 1024, 8 layers, MLP 2816), 32 x 512 tokens, 20% removed", "",

@@ -165,7 +165,7 @@ def load_checkpoint(path: str | os.PathLike, key: dict[str, Any], fingerprint: s
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickles
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ValueError(f"DISP checkpoint {path} is unreadable ({exc}); delete it or pass another --checkpoint") from exc
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
