@@ -237,3 +237,13 @@ def test_corrupt_plan_index_sets_are_refused(tmp_path: Path) -> None:
         _edit_plan(bad, edit)
         with pytest.raises(SlimformerFormatError, match=msg):
             sf.load_model(bad)
+
+
+def test_lora_finetuning_refuses_gather_scatter_linears() -> None:
+    """peft's LoRA would add a full-width update to a gathered linear: refused with a clear error."""
+    from slimformer.finetune import resolve_targets
+
+    model = make_model("llama")
+    export_disp(model, get_adapter(model), _random_masks(model))
+    with pytest.raises(ValueError, match="DISP"):
+        resolve_targets(model, None)

@@ -456,7 +456,7 @@ def _add_finetune_parser(sub: Any) -> None:
     f.add_argument("--data", required=True, help="training text: local .txt/.raw/.jsonl file or wikitext2|ptb|c4|alpaca")
     f.add_argument("--out", required=True, help="output directory for the merged model (written atomically)")
     f.add_argument("--eval-data", default=None,
-                   help=f"held-out text for perplexity (default: the last {d.holdout:.0%} of --data's tokens)")
+                   help=f"held-out text for perplexity (default: the last {100 * d.holdout:.0f}%% of --data's tokens)")
     f.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
     f.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     f.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")

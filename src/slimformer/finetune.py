@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from .arch import ArchAdapter, get_adapter, get_module
 from .data import DataError, TextSource, load_text, tokenize_text
 from .eval.perplexity import PerplexityResult, perplexity
+from .io.modeling_slimformer import GatherInLinear, ScatterOutLinear
 
 logger = logging.getLogger("slimformer.finetune")
 
@@ -190,6 +191,10 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...] | None) -> dict[s
         names = []
         for i, block in enumerate(adapter.get_layers(model)):
             module = getattr(block, role, None) if role in SHORTCUT_ROLES else get_module(block, paths[role])
+            if isinstance(module, (GatherInLinear, ScatterOutLinear)):
+                raise ValueError(f"LoRA cannot wrap {role} of block {i}: it reads/writes a subset of the residual "
+                                 "channels (a DISP model), which peft's LoRA layers do not know about; fine-tuning "
+                                 "DISP-compressed models is not supported yet")
             if isinstance(module, nn.Linear):
                 names.append(f"{adapter.layers}.{i}.{paths[role]}")
         if not names:
