@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -17,7 +18,7 @@ def main() -> None:
     p.add_argument("--calib", required=True)
     p.add_argument("--eval", required=True)
     p.add_argument("--sparsity", type=float, default=0.25)
-    p.add_argument("--method", default="slicegpt", help="any registered method, e.g. modegpt, fasp, prunenet")
+    p.add_argument("--method", default="slicegpt", help="any registered method, e.g. modegpt, fasp, prunenet, disp")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--eval-seqlen", type=int, default=512)
@@ -31,7 +32,10 @@ def main() -> None:
     calib = None
     if spec.accepts_calibration:
         calib = sf.data.load(args.calib, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=0)
-    result = sf.compress(model, spec.config_cls(sparsity=args.sparsity), calib, tokenizer=tok, seed=0)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    # methods without a per-structure sparsity (disp) take it as the fraction of parameters to remove
+    budget = {"sparsity": args.sparsity} if "sparsity" in fields else {"target_params": args.sparsity}
+    result = sf.compress(model, spec.config_cls(**budget), calib, tokenizer=tok, seed=0)
     out = result.save(args.out, overwrite=True)
     t0 = time.perf_counter()
     reloaded, _ = sf.load_model(out)
