@@ -192,18 +192,7 @@ def merge_mlp(
         merge_mlp_channels(block, adapter, T)
 
     prune_layerwise(model, adapter, inputs, step, runtime.device, runtime.progress)
-    after = sum(p.numel() for p in model.parameters())
-    if after != plan.params_after:  # exact by construction; never misreport silently
-        logger.warning("predicted %d parameters, the merged model has %d", plan.params_after, after)
-    report: dict[str, Any] = {
-        "where": "mlp",
-        "schedule": schedule.name,
-        "sparsity": plan.sparsity,
-        "layer_sparsity": [round(f, 6) for f in plan.fractions],
-        "kept": [{"mlp": c.mlp} for c in plan.counts],
-        "kept_energy": kept_energy,
-        "transport": transport,
-    }
-    if config.target_params is not None:
-        report["target_params"] = {"requested": config.target_params, "achieved": 1.0 - after / plan.params_before}
+    report: dict[str, Any] = {"where": "mlp",
+                              **plan.report_fields(model, schedule.name, config.target_params, logger)}
+    report.update(kept=[{"mlp": c.mlp} for c in plan.counts], kept_energy=kept_energy, transport=transport)
     return report

@@ -86,6 +86,21 @@ class PrunePlan:
     def removed_fraction(self) -> float:
         return 1.0 - self.params_after / self.params_before
 
+    def report_fields(self, model: nn.Module, schedule: str, target_params: float | None,
+                      log: logging.Logger) -> dict[str, Any]:
+        """Report fields every plan-based method shares, read after the plan was applied to ``model``:
+        ``schedule``, ``sparsity``, ``layer_sparsity`` and, with a target, ``target_params``
+        ``{"requested", "achieved"}`` from the model's real count. The count is exact by
+        construction; a mismatch is logged on ``log``, never misreported silently."""
+        after = sum(p.numel() for p in model.parameters())
+        if after != self.params_after:
+            log.warning("predicted %d parameters, the compressed model has %d", self.params_after, after)
+        fields: dict[str, Any] = {"schedule": schedule, "sparsity": self.sparsity,
+                                  "layer_sparsity": [round(f, 6) for f in self.fractions]}
+        if target_params is not None:
+            fields["target_params"] = {"requested": target_params, "achieved": 1.0 - after / self.params_before}
+        return fields
+
 
 def layer_counts(block: nn.Module, adapter: ArchAdapter, config: Any, fraction: float, attention: str,
                  round_to: int, rounding: str) -> LayerCounts:
@@ -195,20 +210,11 @@ def prune_structured(model: nn.Module, adapter: ArchAdapter, config: PruningConf
     pruner = _Pruner(model, adapter, plan.counts, scorer, restore, config.damping)
     prune_layerwise(model, adapter, inputs, pruner, runtime.device, runtime.progress,
                     gram_dtype=getattr(torch, config.gram_dtype))
-    after = sum(p.numel() for p in model.parameters())
-    if after != plan.params_after:  # exact by construction; never misreport silently
-        logger.warning("predicted %d parameters, the pruned model has %d", plan.params_after, after)
-    report: dict[str, Any] = {
-        "schedule": schedule.name,
-        "sparsity": plan.sparsity,
-        "layer_sparsity": [round(f, 6) for f in plan.fractions],
-        "kept": [{k: v for k, v in vars(c).items() if v is not None} for c in plan.counts],
-        "restore": restore,
-    }
+    report = plan.report_fields(model, schedule.name, config.target_params, logger)
+    report["kept"] = [{k: v for k, v in vars(c).items() if v is not None} for c in plan.counts]
+    report["restore"] = restore
     if inputs is not None:
         report["reconstruction_error"] = pruner.errors
-    if config.target_params is not None:
-        report["target_params"] = {"requested": config.target_params, "achieved": 1.0 - after / plan.params_before}
     return report
 
 

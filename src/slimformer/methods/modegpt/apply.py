@@ -338,17 +338,8 @@ def apply_modegpt(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig,
                        disable=not runtime.progress):
             with block_on(model, adapter, li, runtime.device) as block:
                 comp.block(li, block, inputs)
-    after = sum(p.numel() for p in model.parameters())
-    if after != plan.params_after:  # exact by construction; never misreport silently
-        logger.warning("predicted %d parameters, the compressed model has %d", plan.params_after, after)
-    report: dict[str, Any] = {
-        "schedule": schedule.name,
-        "sparsity": plan.sparsity,
-        "layer_sparsity": [round(f, 6) for f in plan.fractions],
-        "modules": comp.report,
-    }
+    report = plan.report_fields(model, schedule.name, config.target_params, logger)
+    report["modules"] = comp.report
     if bi is not None:
         report["scores"] = {"bi": [float(x) for x in bi]}
-    if config.target_params is not None:
-        report["target_params"] = {"requested": config.target_params, "achieved": 1.0 - after / plan.params_before}
     return report
