@@ -60,28 +60,14 @@ class CheckpointSource:
     """
 
     def __init__(self, directory: str | os.PathLike, prefix: str = "model") -> None:
-        self.directory = Path(directory)
-        index = self.directory / "model.safetensors.index.json"
-        single = self.directory / "model.safetensors"
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{index} is not a valid safetensors index: {exc}") from exc
-            self.files = {k: self.directory / v for k, v in weight_map.items()}
-        elif single.is_file():
-            from safetensors import safe_open
+        from ..io.modeling_slimformer import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, weight_map
 
-            with safe_open(str(single), framework="pt") as fh:
-                self.files = {k: single for k in fh.keys()}
-        elif any(self.directory.glob("*.bin")) or any(self.directory.glob("*.pt")):
+        self.directory = Path(directory)
+        has_safetensors = (self.directory / WEIGHTS_INDEX_NAME).is_file() or (self.directory / WEIGHTS_NAME).is_file()
+        if not has_safetensors and (any(self.directory.glob("*.bin")) or any(self.directory.glob("*.pt"))):
             raise ValueError(f"{self.directory} holds pickled weights (*.bin); offloading reads safetensors only: "
                              "convert it once with model.save_pretrained(dir, safe_serialization=True)")
-        else:
-            raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {self.directory}")
-        missing = sorted({str(f) for f in self.files.values() if not f.is_file()})
-        if missing:
-            raise FileNotFoundError(f"checkpoint shard(s) missing: {', '.join(missing)}")
+        self.files = {k: Path(f) for k, f in weight_map(str(self.directory)).items()}
         self.prefix = prefix
 
     def key(self, name: str) -> str | None:
@@ -95,8 +81,6 @@ class CheckpointSource:
 
     def read(self, names: list[str], device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
         """``{name: tensor}`` for the model tensor names given (KeyError naming the missing ones)."""
-        from safetensors import safe_open
-
         keys = {n: self.key(n) for n in names}
         missing = [n for n, k in keys.items() if k is None]
         if missing:
@@ -187,7 +171,7 @@ class DiskTensor:
 
     def __init__(self, t: torch.Tensor, directory: Path) -> None:
         t = t.detach().to("cpu").contiguous()
-        self.shape, self.dtype = tuple(t.shape), t.dtype
+        self.shape, self.dtype, self.nbytes = tuple(t.shape), t.dtype, t.numel() * t.element_size()
         fd, name = tempfile.mkstemp(suffix=".act", dir=directory)
         with os.fdopen(fd, "wb") as fh:
             fh.write(t.view(-1).view(torch.uint8).numpy().tobytes())
@@ -195,8 +179,7 @@ class DiskTensor:
         self._cleanup = weakref.finalize(self, _unlink, name)
 
     def to(self, device: torch.device | str, *args: Any, **kwargs: Any) -> torch.Tensor:
-        nbytes = int(torch.Size(self.shape).numel()) * torch.empty((), dtype=self.dtype).element_size()
-        raw = torch.from_file(self.path, shared=False, size=nbytes, dtype=torch.uint8)
+        raw = torch.from_file(self.path, shared=False, size=self.nbytes, dtype=torch.uint8)
         t = raw.view(self.dtype).view(self.shape)
         return t.to(device, *args, **kwargs) if torch.device(device).type != "cpu" else t.clone()
 
@@ -221,10 +204,6 @@ class ActivationStash:
         if mode == "disk" and directory is None:
             raise ValueError("disk activation storage needs a directory")
         self.mode, self.device, self.directory = mode, device, directory
-
-    @property
-    def storage(self) -> torch.device:
-        return self.device if self.mode == "device" else torch.device("cpu")
 
     def put(self, t: torch.Tensor) -> Any:
         if self.mode == "disk":
@@ -252,7 +231,6 @@ class LayerStore:
         self.fused = False  # norm fusion is registered as a prepare (see slimformer.core.fuse.fuse)
         self.weight_map: dict[str, str] = {}
         self.written: set[int] = set()
-        self.loaded: set[int] = set()
         self.bytes_written = 0
         self.scratch = Path(tempfile.mkdtemp(prefix=".activations-", dir=tmp)) if activations == "disk" else None
 
@@ -283,26 +261,22 @@ class LayerStore:
         for prep in self.prepares:
             block = prep(block, li)
         layers[li] = block
-        self.loaded.add(li)
         return block
 
     def release(self, li: int, write: bool) -> None:
         """Write block ``li`` to its shard (``write``) and move its parameters back to meta."""
         layers = self.adapter.get_layers(self.model)
         block = layers[li]
-        if write and not self.writer:
-            self.written.add(li)
-        elif write:
+        if write and self.writer:
             state = {f"{self._prefix(li)}{k}": v for k, v in block.state_dict().items() if v.device.type != "meta"}
             name = self.shard_name(li)
             self.bytes_written += write_tensors(self.tmp / name, state)
             self.weight_map.update({k: name for k in state})
-            self.written.add(li)
             del state
+        if write:
+            self.written.add(li)
         _to_meta(block)
         trim_heap()
-        if not write:
-            self.loaded.discard(li)
 
 
 def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:

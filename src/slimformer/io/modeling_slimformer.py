@@ -502,21 +502,34 @@ def read_header_shapes(path: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def weight_files(path: str) -> list[str]:
-    """The safetensors files of a saved directory (single file or sharded with an index)."""
+def weight_map(path: str) -> dict[str, str]:
+    """Tensor name -> safetensors file of a checkpoint directory (single file or sharded with an index)."""
     index = os.path.join(path, WEIGHTS_INDEX_NAME)
     if os.path.exists(index):
-        with open(index) as fh:
-            weight_map = json.load(fh)["weight_map"]
-        files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not os.path.exists(os.path.join(path, f))]
+        try:
+            with open(index) as fh:
+                names = json.load(fh)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SlimformerFormatError(f"{index} is not a valid safetensors index: {exc}") from exc
+        missing = sorted({f for f in names.values() if not os.path.exists(os.path.join(path, f))})
         if missing:
             raise SlimformerFormatError(f"missing weight shard(s) {missing} listed in {index}")
-        return [os.path.join(path, f) for f in files]
+        return {k: os.path.join(path, f) for k, f in names.items()}
     single = os.path.join(path, WEIGHTS_NAME)
     if not os.path.exists(single):
         raise SlimformerFormatError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {path}")
-    return [single]
+    from safetensors import safe_open
+
+    try:
+        with safe_open(single, framework="pt") as fh:
+            return {k: single for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise SlimformerFormatError(f"cannot read {single}: {exc} (file truncated or corrupt?)") from exc
+
+
+def weight_files(path: str) -> list[str]:
+    """The safetensors files of a saved directory (single file or sharded with an index)."""
+    return sorted(set(weight_map(path).values()))
 
 
 def _resize_to_checkpoint(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
