@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import slimformer as sf
 from slimformer.cli import main
 from slimformer.io.bitsback import PackFormatError, decode, pack, unpack
+from slimformer.io.plan_schema import file_sha256
 from slimformer.io.bitsback.codec import (
     needed_corrections,
     pop_rotation,
@@ -75,10 +76,16 @@ def test_round_trip_every_family(family: str, tmp_path: Path) -> None:
     n_layers = 2
     assert len(st.groups) == (1 + n_layers if family == "phi" else 1 + 2 * n_layers)
     assert st.file_bytes < base.file_bytes and st.bitsback_bits > st.correction_bits > 0
-    # non-weight files are restored byte for byte
+    # non-weight files are restored byte for byte, except config.json's weights_sha256: it is
+    # re-recorded for the unpacked (rotated) weight file
     for f in src.iterdir():
-        if f.name != "model.safetensors":
+        if f.name not in ("model.safetensors", "config.json"):
             assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+    cfg_src, cfg_out = (json.loads((d / "config.json").read_text()) for d in (src, out))
+    sums = cfg_out["slimformer"].pop("weights_sha256")
+    assert sums == {"model.safetensors": file_sha256(out / "model.safetensors")}
+    assert cfg_src["slimformer"].pop("weights_sha256") != sums
+    assert cfg_out == cfg_src
     # tensors outside every rotation group (reader biases, Qwen3 q/k norms) are bit-exact originals
     a, b = load_file(str(src / "model.safetensors")), load_file(str(out / "model.safetensors"))
     untouched = [k for k in a if k.endswith(("q_proj.bias", "k_proj.bias", "q_norm.weight", "fc1.bias"))]

@@ -103,6 +103,11 @@ def test_output_dir_not_empty(tmp_path: Path, stories_dir: Path, tinystories_tra
     code, _, err = _run(argv, capsys)
     assert code == 2 and "not empty" in err and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    code, _, err = _run(argv + ["--overwrite"], capsys)  # --overwrite replaces slimformer outputs only
+    assert code == 2 and "not a slimformer output" in err
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    (out / "precious.txt").unlink()
+    (out / "slimformer_report.json").write_text("{}")  # a previous slimformer output
     code, _, err = _run(argv + ["--overwrite"], capsys)
     assert code == 0, err
     assert (out / "config.json").exists() and not (out / "precious.txt").exists()
@@ -110,7 +115,7 @@ def test_output_dir_not_empty(tmp_path: Path, stories_dir: Path, tinystories_tra
 
 def test_missing_model_dir(tmp_path: Path, tinystories_train: Path, capsys) -> None:
     code, _, err = _run(["compress", str(tmp_path / "nomodel"), "--method", "slicegpt", "--sparsity", "0.1",
-                         "--calib", str(tinystories_train)], capsys)
+                         "--calib", str(tinystories_train), "--dry-run"], capsys)
     assert code == 2 and "not found" in err
 
 

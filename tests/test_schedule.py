@@ -319,7 +319,7 @@ def test_cli_schedule_and_target_params(tmp_path: Path, stories_dir: Path, tinys
         (["--sparsity", "0.2", "--schedule", "layer-redundancy", "--slicing-base", "0.3"], "must not exceed sparsity"),
         (["--target-params", "1.5"], "target_params must be in (0, 1)"),
         (["--sparsity", "0.2", "--target-params", "0.2"], "exactly one of sparsity"),
-        (["--sparsity", "0.2", "--schedule", "bogus"], "unknown schedule 'bogus'"),
+        (["--sparsity", "0.2", "--schedule", "bogus"], "argument --schedule: invalid choice: 'bogus'"),
         (["--sparsity", "0.85", "--schedule", "layer-redundancy", "--slicing-base", "0.0"], ">= 100%"),
     ],
 )

@@ -62,8 +62,9 @@ class CompressionResult:
             raise ValueError("this model was compressed offloaded: its blocks were written to the output directory "
                              "as they were compressed and are not in memory; load that directory instead")
         tok = tokenizer if tokenizer is not None else self.tokenizer
+        source = getattr(self.model, "name_or_path", None)  # the input model: never replaced by ``out``
         return str(save_compressed(self.model, out, self.section, self.report, tok, overwrite=overwrite, plain=plain,
-                                   extra_files=self.artifacts))
+                                   extra_files=self.artifacts, inputs=(source or None,)))
 
 
 def _calib_tensor(calib: Any) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -128,6 +129,7 @@ def compress(
     if calib is not None and not spec.accepts_calibration:
         raise ValueError(f"method {spec.name} is calibration-free: call compress() without calib")
     ids, ident = _calib_tensor(calib) if calib is not None else (None, None)
+    check_calib_length(model.config, ids.shape[1] if ids is not None else None)
     world = dist_current().world
     if ids is not None and world > 1:
         ids = shard(ids)  # data-parallel: statistics are all-reduced, every rank solves the same problem
@@ -188,6 +190,24 @@ def offload_method_names() -> list[str]:
     return sorted(name for name, spec in METHODS.items() if spec.offload)
 
 
+def max_positions(config: Any) -> int | None:
+    """The model's context length (``max_position_embeddings`` or ``n_positions``), if it has one."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_calib_length(config: Any, seqlen: int | None) -> None:
+    """Refuse calibration windows longer than the model's positions (OPT's learned positions fail
+    with an IndexError; RoPE models would be calibrated on positions they never saw)."""
+    limit = max_positions(config)
+    if seqlen is not None and limit is not None and seqlen > limit:
+        raise ValueError(f"calibration windows of {seqlen} tokens exceed the model's {limit} positions "
+                         f"(max_position_embeddings); pass --calib-seqlen {limit} or less")
+
+
 def compress_offloaded(
     name_or_path: str | os.PathLike,
     config: Any,
@@ -238,6 +258,10 @@ def compress_offloaded(
             raise ValueError("offloaded methods do not write extra files")
         if writer:
             finish_offloaded(model, result.section, result.report, tokenizer)
+    except OSError as exc:  # a full disk etc. while writing shards: name the output, not the temporary
+        from .io.outputs import as_output_error
+
+        raise as_output_error(exc, out) from None
     finally:
         discard_offloaded(model)  # the scratch/temporary directory, if anything is left
     return result

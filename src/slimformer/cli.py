@@ -12,64 +12,140 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from . import __version__
+from .validate import DTYPE_NAMES
 
 logger = logging.getLogger("slimformer.cli")
 
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+DTYPE_CHOICES = DTYPE_NAMES  # --dtype
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _method_fields() -> dict[str, dataclasses.Field]:
-    """Union of all method config fields (first definition wins for help/type)."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``slimformer: error: ...`` on stderr and exit code 2,
+    without the usage dump (subparsers are built with the same class)."""
+
+    def error(self, message: str, command: str | None = None) -> NoReturn:  # type: ignore[override]
+        command = command or (self.prog.split(" ", 1)[1] if " " in self.prog else "")
+        see = f"slimformer {command} --help" if command else "slimformer --help"
+        self.exit(2, f"slimformer: error: {' '.join(message.split())} (see '{see}')\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # a subcommand's unknown options: point at that subcommand's help
+            self.error(f"unrecognized arguments: {' '.join(extras)}", getattr(ns, "command", None))
+        return ns
+
+
+@dataclasses.dataclass
+class _MethodOption:
+    """One generated ``compress`` option and the method config fields it sets.
+
+    Config fields may name their option and its old spellings in their metadata:
+    ``field(metadata={"option": "learning_rate", "aliases": ("lr",)})`` gives
+    ``--learning-rate`` (shared with other methods' ``learning_rate`` fields) and a hidden
+    ``--lr``; ``metadata={"choices": (...)}`` gives the option its choices.
+    """
+
+    name: str
+    fields: dict[str, dataclasses.Field] = dataclasses.field(default_factory=dict)  # method -> field
+    aliases: list[str] = dataclasses.field(default_factory=list)
+    choices: list[str] = dataclasses.field(default_factory=list)
+
+
+def _option_name(f: dataclasses.Field) -> str:
+    """The option (and ``argparse`` dest) of a method config field: its ``"option"`` metadata or its name."""
+    return f.metadata.get("option", f.name)
+
+
+def _method_options() -> dict[str, _MethodOption]:
+    """Every method config field, grouped by option name, in registry order."""
     from .methods import METHODS
 
-    fields: dict[str, dataclasses.Field] = {}
-    for spec in METHODS.values():
+    options: dict[str, _MethodOption] = {}
+    for method, spec in METHODS.items():
         for f in dataclasses.fields(spec.config_cls):
-            fields.setdefault(f.name, f)
-    return fields
+            opt = options.setdefault(_option_name(f), _MethodOption(_option_name(f)))
+            opt.fields[method] = f
+            opt.aliases += [a for a in f.metadata.get("aliases", ()) if a not in opt.aliases]
+            opt.choices += [c for c in f.metadata.get("choices", ()) if c not in opt.choices]
+    return options
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as plain text: ``:mod:`a.b``` -> a.b, ``:class:`~a.B``` -> B, ````x```` -> x, ``*x*`` -> x."""
+    text = re.sub(r":\w+:`~[\w.]*?(\w+)`", r"\1", text)
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", text)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"`([^`]+)`", r"\1", text)
+    return re.sub(r"(?<![\w*])\*(\w(?:[^*]*?\w)?)\*(?![\w*])", r"\1", text)
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
-    """Each entry of the ``Attributes:`` section of ``cls``'s docstring (name -> text)."""
+    """Each entry of the ``Attributes:`` sections of ``cls``'s docstring (name -> plain text).
+
+    A section ends at the first line indented no deeper than its ``Attributes:`` line
+    (a paragraph or heading after it); ``a, b: text`` documents both ``a`` and ``b``.
+    """
     docs: dict[str, str] = {}
-    section, current = False, None
+    section: int | None = None  # indentation of the current "Attributes:" line
+    entry: int | None = None  # indentation of its entries
+    current: list[str] = []
     for line in (cls.__doc__ or "").splitlines():
         stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
         if stripped == "Attributes:":
-            section = True
+            section, entry, current = indent, None, []
             continue
-        if not section or not stripped:
+        if section is None or not stripped:
             continue
-        m = re.match(r"^(\w+)(?: \(.*?\))?: (.*)$", stripped)
-        if m and len(line) - len(line.lstrip()) <= 8:
-            current = m.group(1)
-            docs[current] = m.group(2)
-        elif current is not None:
-            docs[current] += " " + stripped
-    return {k: v.replace("``", "").rstrip(".") for k, v in docs.items()}
+        if indent <= section:
+            section, current = None, []
+            continue
+        m = re.match(r"^(\w+(?:, \w+)*)(?: \(.*?\))?: (.*)$", stripped)
+        if m and (entry is None or indent <= entry):
+            entry, current = indent, m.group(1).split(", ")
+            for name in current:
+                docs[name] = m.group(2)
+        else:
+            for name in current:
+                docs[name] += " " + stripped
+    return {k: _plain(v).rstrip(".") for k, v in docs.items()}
 
 
-def _method_help() -> dict[str, str]:
-    """Help text per option: its description and the methods it applies to."""
+def _grouped(values: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """``{method: text}`` -> ``[(text, sorted methods)]``, in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for method, text in values.items():
+        groups.setdefault(text, []).append(method)
+    return [(text, sorted(methods)) for text, methods in groups.items()]
+
+
+def _option_help(opt: _MethodOption) -> str:
+    """What the option means for each method that has it, and its defaults (``None``/``False`` omitted)."""
     from .methods import METHODS
 
-    users: dict[str, list[str]] = {}
-    docs: dict[str, str] = {}
-    for name, spec in sorted(METHODS.items()):
-        for k, v in _attribute_docs(spec.config_cls).items():
-            docs.setdefault(k, v)
-        for f in dataclasses.fields(spec.config_cls):
-            users.setdefault(f.name, []).append(name)
-    return {k: (docs.get(k, "") + f" [{', '.join(v)}]").strip() for k, v in users.items()}
+    docs = {m: _attribute_docs(METHODS[m].config_cls).get(f.name, "") for m, f in opt.fields.items()}
+    text = "; ".join(f"{doc} [{', '.join(ms)}]".strip() for doc, ms in _grouped(docs))
+    defaults = {m: f.default for m, f in opt.fields.items()
+                if f.default is not dataclasses.MISSING and f.default is not None and f.default is not False}
+    if defaults:
+        shown = _grouped({m: str(v) for m, v in defaults.items()})
+        if len(shown) == 1 and len(defaults) == len(opt.fields):
+            text += f" (default {shown[0][0]})"
+        else:
+            text += " (default " + "; ".join(f"{v} for {', '.join(ms)}" for v, ms in shown) + ")"
+    return text.replace("%", "%%")
 
 
 def _annotation_type(f: dataclasses.Field) -> type:
@@ -79,17 +155,21 @@ def _annotation_type(f: dataclasses.Field) -> type:
 
 
 def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """One option per method config field (see :class:`_MethodOption`), old spellings as hidden aliases."""
     group = p.add_argument_group("method options (from the method config dataclasses; [methods they apply to])")
-    helps = _method_help()
-    for name, f in _method_fields().items():
+    for name, opt in _method_options().items():
+        f = next(iter(opt.fields.values()))
         default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{helps.get(name, '')} (default {default})".replace("%", "%%")
         if isinstance(default, bool):
-            group.add_argument(_flag(name), dest=name, action="store_true", default=None, help=text)
+            kwargs: dict[str, Any] = {"action": "store_true"}
         else:
             # None default: the annotation says the type ("int | None" -> int, else float)
-            typ = type(default) if default is not None else _annotation_type(f)
-            group.add_argument(_flag(name), dest=name, type=typ, default=None, help=text)
+            kwargs = {"type": type(default) if default is not None else _annotation_type(f)}
+            if opt.choices:
+                kwargs["choices"] = opt.choices
+        group.add_argument(_flag(name), dest=name, default=None, help=_option_help(opt), **kwargs)
+        for alias in opt.aliases:
+            group.add_argument(_flag(alias), dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 def build_method_config(method: str, args: argparse.Namespace) -> Any:
@@ -97,24 +177,24 @@ def build_method_config(method: str, args: argparse.Namespace) -> Any:
     from .methods import get_method
 
     spec = get_method(method)
-    own = {f.name for f in dataclasses.fields(spec.config_cls)}
-    given = {n: getattr(args, n) for n in _method_fields() if getattr(args, n, None) is not None}
-    foreign = sorted(set(given) - own)
+    own = {_option_name(f): f for f in dataclasses.fields(spec.config_cls)}  # option -> field
+    given = {n: getattr(args, n) for n in _method_options() if getattr(args, n, None) is not None}
+    foreign = sorted(set(given) - set(own))
     if foreign:
         raise ValueError(f"option(s) {', '.join(_flag(n) for n in foreign)} do not apply to method {method}")
     missing = [
-        f.name for f in dataclasses.fields(spec.config_cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in given
+        n for n, f in own.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in given
     ]
     if missing:
         raise ValueError(f"method {method} needs {', '.join(_flag(n) for n in missing)}")
-    return spec.config_cls(**given)
+    return spec.config_cls(**{own[n].name: v for n, v in given.items()})
 
 
 def _parser() -> argparse.ArgumentParser:
     from .methods import method_names
 
-    p = argparse.ArgumentParser(prog="slimformer", description="Structured width compression of causal LLMs.")
+    p = _Parser(prog="slimformer", description="Structured width compression of causal LLMs.")
     p.add_argument("--version", action="version", version=f"slimformer {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", help="calibration text: local .txt/.raw/.jsonl file or wikitext2|ptb|c4|alpaca")
     c.add_argument("--calib-split", default=None, help="split of a hub dataset (default: train)")
     c.add_argument("--calib-samples", type=int, default=128, help="number of calibration windows (default 128)")
-    c.add_argument("--calib-seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    c.add_argument("--calib-seqlen", type=int, default=None,
+                   help="tokens per calibration window (default: 2048, or the model's context if shorter)")
     c.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     c.add_argument("--device", default="cpu", help="compute device, e.g. cpu, cuda, cuda:1 (default cpu)")
     c.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="load dtype (default: the checkpoint's)")
@@ -136,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
                         "safetensors onto --device while it is processed and written to --out right after; "
                         "calibration activations on CPU or in files (disk). Needs --out")
     c.add_argument("--out", help="output directory (written atomically)")
+    c.add_argument("--dry-run", action="store_true", help="compress and report without saving (instead of --out)")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     c.add_argument("--plain", action="store_true",
                    help="save an ordinary HF config (no remote code); only for uniform MLP-width pruning")
@@ -145,7 +227,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="speed and memory of a model vs. a baseline, side by side")
     b.add_argument("model", help="model to measure (usually a slimformer output directory)")
     b.add_argument("--baseline", help="dense model to compare with (hub id or directory)")
-    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--batch-size", dest="batch", metavar="BATCH_SIZE", type=int, default=1,
+                   help="sequences per forward (default 1)")
+    b.add_argument("--batch", dest="batch", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     b.add_argument("--seqlen", type=int, default=128, help="prompt length for prefill (default 128)")
     b.add_argument("--new-tokens", type=int, default=32, help="tokens decoded with the KV cache (default 32)")
     b.add_argument("--warmup", type=int, default=1)
@@ -154,6 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", choices=DTYPE_CHOICES, default=None)
     b.add_argument("--json", dest="json_out", help="write the result as JSON to this file")
+    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     r = sub.add_parser("report", help="render result JSON files into a Markdown table and PNG plots")
     r.add_argument("results", nargs="+", help="JSON files from compress (slimformer_report.json), eval --json, bench --json")
@@ -183,6 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     _add_finetune_parser(sub)
     _add_pack_parsers(sub)
+    _add_verify_parser(sub)
     return p
 
 
@@ -200,8 +286,9 @@ def check_device(device: str) -> None:
         raise RuntimeError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
 
 
-def _check_architecture(name: str) -> None:
-    """Fail before loading weights when the model family is unsupported."""
+def _check_architecture(name: str) -> Any:
+    """Fail before loading weights when the model family is unsupported; returns the config
+    (``None`` when it cannot be read here: :func:`load_model` then reports why)."""
     from transformers import AutoConfig
 
     from .arch import get_adapter
@@ -211,8 +298,9 @@ def _check_architecture(name: str) -> None:
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError):
-        return  # load_model reports missing/unreadable models with its own message
+        return None  # load_model reports missing/unreadable models with its own message
     get_adapter(config)
+    return config
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -231,11 +319,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> int:
     from .api import compress, load_model
     from .data import load_text
-    from .io.format import check_output_dir
+    from .io.outputs import check_output_dir
     from .methods import get_method
 
     if args.out:
-        check_output_dir(args.out, args.overwrite)
+        check_output_dir(args.out, args.overwrite, inputs=_compress_inputs(args, config))
+    elif not args.dry_run:
+        raise ValueError("pass --out DIR to save the compressed model (or --dry-run to compress and report only)")
+    if args.out and args.dry_run:
+        raise ValueError("--dry-run saves nothing: drop --out, or drop --dry-run to save")
     spec = get_method(args.method)
     if spec.needs_calibration and not args.calib:
         raise ValueError(f"method {args.method} needs calibration data: pass --calib FILE_OR_NAME")
@@ -243,7 +335,8 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
         raise ValueError(f"method {args.method} is calibration-free: drop --calib")
     # fails fast on a missing file; no data is read at all without --calib
     source = load_text(args.calib, split=args.calib_split) if args.calib else None
-    _check_architecture(args.model)  # before loading any weights
+    model_config = _check_architecture(args.model)  # before loading any weights
+    args.calib_seqlen = _calib_seqlen(args.calib_seqlen, model_config)
     if args.offload:
         return _compress_offloaded(args, config, device, info, source)
     from .memory import reset_peak_rss, rss_mb
@@ -251,6 +344,13 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
     reset_peak_rss()  # the report's peak then covers loading + compression, not imports
     rss_before_load = rss_mb()
     model, tok = load_model(args.model, dtype=args.dtype)
+    if model_config is None:  # e.g. a hub id: the positions are known now
+        args.calib_seqlen = _calib_seqlen(args.calib_seqlen, model.config)
+    if args.out:  # room for the output before the work (untied heads/shortcuts can add ~10%)
+        from .io.outputs import check_free_space
+
+        check_free_space(args.out, int(1.1 * sum(p.numel() * p.element_size() for p in model.parameters())),
+                         "the compressed model")
     calib = _calibration(args, source, tok)
     result = compress(
         model, config, calib, device=device, batch_size=args.batch_size,
@@ -264,7 +364,26 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
     if args.out:
         out = result.save(args.out, overwrite=args.overwrite, plain=args.plain)
         print(f"saved to {out}")
+    else:
+        print("dry run: nothing saved (pass --out DIR to save)")
     return 0
+
+
+def _compress_inputs(args: argparse.Namespace, config: Any) -> tuple[Any, ...]:
+    """Every path ``compress`` reads: --out may not be or contain one of them."""
+    return (args.model, args.calib, getattr(config, "policy", None), getattr(config, "checkpoint", None))
+
+
+def _calib_seqlen(requested: int | None, model_config: Any) -> int | None:
+    """``--calib-seqlen``: the default is ``min(2048, positions)``; longer than the positions is refused."""
+    from .api import check_calib_length, max_positions
+
+    limit = max_positions(model_config) if model_config is not None else None
+    if requested is None:
+        return min(2048, limit) if limit is not None else (None if model_config is None else 2048)
+    if model_config is not None:
+        check_calib_length(model_config, requested)
+    return requested
 
 
 def _calibration(args: argparse.Namespace, source: Any, tok: Any) -> Any:
@@ -275,7 +394,7 @@ def _calibration(args: argparse.Namespace, source: Any, tok: Any) -> Any:
         return None
     if tok is None:
         raise ValueError(f"no tokenizer found for {args.model}; calibration text cannot be tokenised")
-    return load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=args.seed)
+    return load(source, tok, samples=args.calib_samples, seqlen=args.calib_seqlen or 2048, seed=args.seed)
 
 
 def _compress_offloaded(args: argparse.Namespace, config: Any, device: str, info: Any, source: Any) -> int:
@@ -328,6 +447,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_device(args.device)
     if not args.ppl and not args.tasks:
         raise ValueError("eval needs --ppl TEXT and/or --tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande")
+    _check_json_out(args, (args.model, args.ppl, args.tasks_data))
     names, tasks_data = None, None
     if args.tasks:  # validate tasks, --limit and --tasks-data before loading anything
         from .eval.zeroshot import check_zero_shot_args
@@ -367,8 +487,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "tasks": names, "tasks_data": str(tasks_data) if tasks_data is not None else None,
         "limit": args.limit, "tasks_batch_size": args.tasks_batch_size,
     }
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
+    _write_json_out(args, out)
     return 0
 
 
@@ -378,13 +497,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .io.format import describe_compression
 
     check_device(args.device)
+    _check_json_out(args, (args.model, args.baseline))
     settings = SpeedSettings(batch=args.batch, seqlen=args.seqlen, new_tokens=args.new_tokens,
                              warmup=args.warmup, repeats=args.repeats, threads=args.threads)
     models = {}
     if args.baseline:
         models["baseline"] = load_model(args.baseline, dtype=args.dtype, device=args.device)[0]
     models["model"] = load_model(args.model, dtype=args.dtype, device=args.device)[0]
-    res = compare_speed(models, settings, device=args.device)
+    res = compare_speed(models, settings, device=args.device, progress=not args.no_progress)
     res["paths"] = {"model": args.model, "baseline": args.baseline}
     res["versions"] = library_versions()
     res["compression"] = describe_compression(args.model)
@@ -395,10 +515,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if "speedup" in res:
         sp = res["speedup"]
         print(f"speed-up  prefill x{sp['prefill']:.3f}  decode x{sp['decode']:.3f}  "
-              f"(matmul FLOP ratio {sp['matmul_flop_ratio']:.3f})")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+              f"(expected from matmul FLOPs x{sp['matmul_flops']:.3f})")
+    _write_json_out(args, res)
     return 0
+
+
+def _check_json_out(args: argparse.Namespace, inputs: tuple[Any, ...]) -> None:
+    """``--json FILE``: checked before the work (not a directory, not an input, writable)."""
+    from .io.outputs import check_json_out
+
+    check_json_out(getattr(args, "json_out", None), inputs)
+
+
+def _write_json_out(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Write ``--json FILE`` atomically (a crash leaves the previous file or none)."""
+    if getattr(args, "json_out", None):
+        from .io.outputs import write_text_atomic
+
+        write_text_atomic(args.json_out, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -447,8 +581,12 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def _add_finetune_parser(sub: Any) -> None:
-    """``slimformer finetune``: options mirror :class:`slimformer.finetune.FinetuneConfig` (defaults from it)."""
-    from .finetune import TARGET_ROLES, FinetuneConfig
+    """``slimformer finetune``: options mirror :class:`slimformer.finetune.FinetuneConfig` (defaults from it).
+
+    ``--learning-rate`` / ``--batch-size`` set the config's ``lr`` / ``batch`` (the CLI's
+    names for them everywhere); ``--lr`` / ``--batch`` still parse (hidden).
+    """
+    from .finetune_config import TARGET_ROLES, FinetuneConfig  # torch-free
 
     d = FinetuneConfig()
     f = sub.add_parser("finetune", help="recovery fine-tune a compressed model with LoRA, merge and save it")
@@ -458,14 +596,19 @@ def _add_finetune_parser(sub: Any) -> None:
     f.add_argument("--eval-data", default=None,
                    help=f"held-out text for perplexity (default: the last {100 * d.holdout:.0f}%% of --data's tokens)")
     f.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
-    f.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    f.add_argument("--learning-rate", dest="lr", metavar="LEARNING_RATE", type=float, default=d.lr,
+                   help=f"peak learning rate (default {d.lr})")
+    f.add_argument("--lr", dest="lr", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     f.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
     f.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
     f.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help=f"(default {d.lora_dropout})")
     f.add_argument("--targets", default=None,
                    help=f"comma-separated LoRA targets among {','.join(TARGET_ROLES)} (default: all linears, no shortcuts)")
-    f.add_argument("--batch", type=int, default=d.batch, help=f"windows per micro-batch (default {d.batch})")
-    f.add_argument("--seqlen", type=int, default=d.seqlen, help=f"tokens per window (default {d.seqlen})")
+    f.add_argument("--batch-size", dest="batch", metavar="BATCH_SIZE", type=int, default=d.batch,
+                   help=f"windows per micro-batch (default {d.batch})")
+    f.add_argument("--batch", dest="batch", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    f.add_argument("--seqlen", type=int, default=d.seqlen,
+                   help=f"tokens per training and perplexity window (default {d.seqlen})")
     f.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step (default 1)")
     f.add_argument("--seed", type=int, default=d.seed, help=f"seed of LoRA init and window offsets (default {d.seed})")
     f.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out perplexity every N steps (0: before/after only)")
@@ -482,7 +625,7 @@ def _add_finetune_parser(sub: Any) -> None:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .data import load_text
     from .finetune import FinetuneConfig, finetune
-    from .io.format import check_output_dir
+    from .io.outputs import check_free_space, check_output_dir
 
     config = FinetuneConfig(
         steps=args.steps, lr=args.lr, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
@@ -490,9 +633,18 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, eval_tokens=args.eval_tokens, max_minutes=args.max_minutes, dtype=args.dtype,
     )  # validates before any work
     check_device(args.device)
-    check_output_dir(args.out, args.overwrite)
     if not Path(args.dir).is_dir():
         raise FileNotFoundError(f"model directory not found: {args.dir}")
+    inputs = (args.dir, args.data, args.eval_data)
+    check_output_dir(args.out, args.overwrite, inputs=inputs)
+    if args.keep_adapter is not None:
+        check_output_dir(args.keep_adapter, args.overwrite, inputs=inputs + (args.out,), what="adapter directory")
+        a, o = Path(args.keep_adapter).absolute(), Path(args.out).absolute()
+        if a == o or a in o.parents or o in a.parents:
+            raise ValueError("--keep-adapter and --out must be separate directories (neither inside the other)")
+    _check_json_out(args, inputs)
+    check_free_space(args.out, int(1.05 * sum(f.stat().st_size for f in Path(args.dir).glob("*.safetensors"))),
+                     "the fine-tuned model")
     data = load_text(args.data)  # fail fast on a missing file
     eval_data = load_text(args.eval_data, split="validation") if args.eval_data else None
     result = finetune(args.dir, data, config, eval_data=eval_data, keep_adapter=args.keep_adapter,
@@ -503,22 +655,73 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
           f"{r['ppl_before']['ppl']:.4f} -> {r['ppl_after']['ppl']:.4f}; merge max |dlogit| {r['merge_max_abs_logit_diff']:.2e}")
     out = result.save(args.out, overwrite=args.overwrite)
     print(f"saved to {out}" + (f"; adapter in {r['adapter_dir']}" if r["adapter_dir"] else ""))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(r, indent=2, default=str) + "\n")
+    _write_json_out(args, r)
     return 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from .io.format import read_section
-    from .io.modeling_slimformer import slim_section
+def _add_verify_parser(sub: Any) -> None:
+    """``slimformer verify DIR``: a saved model's config, plan, tensor shapes and checksums."""
+    v = sub.add_parser("verify", help="check a saved model: config, plan schema, tensor shapes, sha256 of the weights")
+    v.add_argument("dir", help="slimformer output directory")
+    v.add_argument("--load", action="store_true", help="also build the model and run one forward pass")
+    v.add_argument("--device", default="cpu", help="device for --load (default cpu)")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Everything checkable without building (and, with ``--load``, one forward pass); one ``ok:`` line."""
+    from .io.modeling_slimformer import check_saved
 
     path = Path(args.dir)
     if not path.is_dir():
         raise FileNotFoundError(f"directory not found: {path}")
-    section = read_section(path)
+    if args.load:
+        check_device(args.device)
+    checked = check_saved(str(path))
+    plan = checked.section["plan"]
+    files = len(checked.files)
+    sums = (f"sha256 verified for {len(checked.hashed)} weight file{'s' * (len(checked.hashed) != 1)}"
+            if checked.hashed else "no checksums recorded (saved before slimformer recorded them)")
+    msg = (f"ok: {path}: slimformer format {checked.section['format_version']}, {plan['architecture']}, "
+           f"{len(plan['blocks'])} blocks, {len(checked.shapes)} tensors in {files} weight file{'s' * (files != 1)} "
+           f"match the plan; {sums}")
+    if args.load:
+        msg += "; " + _verify_forward(path, checked, args.device)
+    print(msg)
+    return 0
+
+
+def _verify_forward(path: Path, checked: Any, device: str) -> str:
+    """Build the checked model (without hashing its files again) and run one short forward pass."""
+    import torch
+
+    from .io.modeling_slimformer import load_compressed
+
+    if checked.section.get("plain"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval()
+    else:
+        model = load_compressed(str(path), device=device, check_hashes=False)
+    vocab = checked.shapes[checked.section["plan"]["paths"]["embed"] + ".weight"][0]
+    ids = (torch.arange(8) % vocab).unsqueeze(0).to(device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(f"{path}: the model loads but its forward pass gives non-finite logits")
+    return f"loaded and ran a forward pass (logits {list(logits.shape)}, all finite)"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .io.plan_schema import read_config_json, validate_section
+
+    path = Path(args.dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"directory not found: {path}")
+    config = read_config_json(path) if (path / "config.json").is_file() else {}
+    section = config.get("slimformer")
     if section is None:
         raise ValueError(f"{path} is not a slimformer output directory (no 'slimformer' section in config.json)")
-    slim_section(argparse.Namespace(slimformer=section))  # checks the format version
+    validate_section(section, base_config=config)  # the whole section, torch-free (info stays fast)
     if args.json_out:
         print(json.dumps(section, indent=2))
         return 0
@@ -562,31 +765,96 @@ def format_info(section: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: commands that load no Hugging Face model (no transformers progress bars to hide)
+_NO_HF_COMMANDS = frozenset({"info", "report"})
+
+
+def install_sigterm_handler() -> Any:
+    """Make SIGTERM raise :class:`KeyboardInterrupt` in the main thread, as Ctrl-C does.
+
+    ``timeout``, docker and SLURM stop a job with SIGTERM, which by default kills Python at
+    once: the ``except BaseException`` clean-up paths of the savers (temporary directories,
+    partial files) would never run. Returns the previous handler (pass it to
+    ``signal.signal(signal.SIGTERM, ...)`` to restore it), or ``None`` when not called from
+    the main thread (only the main thread may set signal handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _quiet_hf_progress() -> None:
+    """Hide transformers' and huggingface_hub's progress bars (slimformer shows its own per-layer
+    progress) without importing them: both read ``HF_HUB_DISABLE_PROGRESS_BARS`` when imported."""
+    if "transformers" in sys.modules or "huggingface_hub" in sys.modules:  # already imported (in-process callers)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a user's explicit 0 still wins
+
+
+def _rank_note() -> str:
+    """`` (rank R of W)`` under torchrun (WORLD_SIZE > 1), else empty."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else ""
+
+
+def _error_message(exc: BaseException) -> str:
+    """One line for ``exc``: ``<strerror>: <filename>`` for system errors (PermissionError, ENOSPC,
+    IsADirectoryError, ...), else the first line of its message (its class name when empty)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
+        return f"{exc.strerror}: {names}" if names else str(exc.strerror)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``slimformer`` command. Errors are one line on stderr, exit code 2."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    from transformers.utils import logging as hf_logging
+    """Entry point of the ``slimformer`` command.
 
-    hf_logging.disable_progress_bar()  # slimformer shows its own per-layer progress
-    commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench,
-                "report": _cmd_report, "finetune": _cmd_finetune,
-                "pack": _cmd_pack, "unpack": _cmd_unpack}
-    from .arch import UnsupportedModelError
-    from .io.modeling_slimformer import SlimformerFormatError
-
+    Returns the exit code (also for ``--help`` and argument errors, which argparse would
+    exit with). Argument errors and failures print one line on stderr, ``slimformer: error: ...``,
+    and exit with code 2 (``-v`` re-raises failures with their traceback); Ctrl-C or SIGTERM
+    prints ``slimformer: interrupted`` and exits with code 130. Under torchrun every line
+    names the rank. Nothing heavy (torch, transformers) is imported before a command runs.
+    """
+    previous = install_sigterm_handler()
+    verbose = False
     try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version, argument errors (already printed): the exit code
+            return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        verbose = args.verbose
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+        if args.command not in _NO_HF_COMMANDS:
+            _quiet_hf_progress()
+        commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench,
+                    "report": _cmd_report, "finetune": _cmd_finetune,
+                    "pack": _cmd_pack, "unpack": _cmd_unpack, "verify": _cmd_verify}
         return commands[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, UnsupportedModelError,
-            SlimformerFormatError, RuntimeError) as exc:
-        if args.verbose:
+    except KeyboardInterrupt:
+        if verbose:
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        where = f" (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else ""
+        print(f"slimformer: interrupted{_rank_note()}", file=sys.stderr)
+        return 130
+    # UnsupportedModelError, SlimformerFormatError, DataError, ... are ValueErrors; OutputExistsError,
+    # TaskDataError, PermissionError, ENOSPC are OSErrors: no heavy module is imported to catch them.
+    # ImportError: a missing optional dependency (POT, lm-eval, peft) says what to install.
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
+        if verbose:
+            raise
         # under torchrun this rank exits non-zero and torchrun stops the other ranks
-        print(f"slimformer: error{where}: {msg}", file=sys.stderr)
+        print(f"slimformer: error{_rank_note()}: {_error_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -186,7 +186,11 @@ def _load_local(name: str, path: Path) -> TextSource:
             f"expected one of {', '.join(LOCAL_SUFFIXES)}"
         )
     resolved = path.resolve()
-    rows = reader(resolved)
+    try:
+        rows = reader(resolved)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason}); "
+                        "convert it, e.g. iconv -f latin1 -t utf-8") from None
     logger.debug("read %d rows from %s", len(rows), resolved)
     return _make_source(name, rows, str(resolved))
 

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -43,101 +42,13 @@ from tqdm.auto import tqdm
 from .arch import ArchAdapter, get_adapter, get_module
 from .data import DataError, TextSource, load_text, tokenize_text
 from .eval.perplexity import PerplexityResult, perplexity
+# the settings and the role names are torch-free (the CLI parser uses them); re-exported here
+from .finetune_config import LINEAR_ROLES, SHORTCUT_ROLES, TARGET_ROLES, FinetuneConfig  # noqa: F401
 from .io.modeling_slimformer import GatherInLinear, ScatterOutLinear
 
 logger = logging.getLogger("slimformer.finetune")
 
-#: LoRA target roles: adapter attributes (block-level linears) plus the shortcut maps.
-LINEAR_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-SHORTCUT_ROLES: tuple[str, ...] = ("attn_shortcut", "mlp_shortcut")
-TARGET_ROLES: tuple[str, ...] = LINEAR_ROLES + SHORTCUT_ROLES
-
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of one recovery fine-tune (validated on construction).
-
-    Attributes:
-        steps: optimiser steps (each sees ``batch * grad_accum`` windows).
-        lr: peak AdamW learning rate of the LoRA weights.
-        lora_r: LoRA rank ``r``.
-        lora_alpha: LoRA scale numerator; the update is ``(lora_alpha / lora_r) B A``.
-        lora_dropout: dropout on the LoRA input (training only).
-        targets: roles to adapt (see :data:`TARGET_ROLES`; Hugging Face leaf names such
-            as ``q_proj`` or ``fc1`` are accepted too). ``None``: every linear role the
-            family has (``q k v o gate up down``), no shortcuts.
-        batch: windows per micro-batch.
-        seqlen: tokens per window (also the perplexity window).
-        seed: seed of the LoRA initialisation and of the window offsets.
-        grad_accum: micro-batches accumulated per optimiser step.
-        warmup: fraction of ``steps`` with a linear learning-rate warm-up.
-        weight_decay: AdamW weight decay of the LoRA weights.
-        max_grad_norm: gradient clipping threshold (``None``: no clipping).
-        eval_every: evaluate held-out perplexity every this many steps (0: only
-            before and after training).
-        eval_tokens: evaluate on at most this many held-out tokens (``None``: all).
-        holdout: fraction of the training token stream held out (its tail) for
-            perplexity when no separate evaluation text is given.
-        max_minutes: stop training after this wall-clock time (``None``: no limit).
-        dtype: dtype the model is trained and saved in (``None``: keep the model's).
-    """
-
-    steps: int = 200
-    lr: float = 2e-4
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    targets: tuple[str, ...] | None = None
-    batch: int = 8
-    seqlen: int = 512
-    seed: int = 0
-    grad_accum: int = 1
-    warmup: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    eval_every: int = 0
-    eval_tokens: int | None = None
-    holdout: float = 0.1
-    max_minutes: float | None = None
-    dtype: str | None = None
-
-    def __post_init__(self) -> None:
-        positive = {"steps": self.steps, "lora_r": self.lora_r, "batch": self.batch, "grad_accum": self.grad_accum}
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"finetune {name} must be an integer >= 1, got {value!r}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"finetune lr must be a positive number, got {self.lr}")
-        if not self.lora_alpha > 0:
-            raise ValueError(f"finetune lora_alpha must be > 0, got {self.lora_alpha}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"finetune lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.seqlen < 2:
-            raise ValueError(f"finetune seqlen must be >= 2, got {self.seqlen}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"finetune warmup must be a fraction in [0, 1), got {self.warmup}")
-        if self.eval_every < 0:
-            raise ValueError(f"finetune eval_every must be >= 0 (0 = only before/after), got {self.eval_every}")
-        if self.eval_tokens is not None and self.eval_tokens < self.seqlen:
-            raise ValueError(
-                f"finetune eval_tokens={self.eval_tokens} is shorter than one window (seqlen={self.seqlen})"
-            )
-        if not 0 < self.holdout < 1:
-            raise ValueError(f"finetune holdout must be a fraction in (0, 1), got {self.holdout}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"finetune max_minutes must be > 0, got {self.max_minutes}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"finetune max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise ValueError(f"finetune dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if self.targets is not None:
-            if isinstance(self.targets, str):
-                self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
-            self.targets = tuple(self.targets)
-            if not self.targets:
-                raise ValueError(f"finetune targets is empty; choose from {', '.join(TARGET_ROLES)}")
 
 
 # ----------------------------------------------------------------------------- targets
@@ -433,7 +344,9 @@ class FinetuneResult:
         """Save in the normal compressed format (atomic; see :mod:`slimformer.io.format`)."""
         from .io.format import save_compressed
 
-        return str(save_compressed(self.model, out, self.section, self.report, self.tokenizer, overwrite=overwrite))
+        source = getattr(self.model, "name_or_path", None) or None  # the input model: never replaced by ``out``
+        return str(save_compressed(self.model, out, self.section, self.report, self.tokenizer, overwrite=overwrite,
+                                   inputs=(source,)))
 
 
 def _source_model(
@@ -465,9 +378,11 @@ def _source_model(
     raise TypeError("model must be a slimformer output directory, a CompressionResult or a torch module")
 
 
-def _ppl(model: nn.Module, ids: torch.Tensor, config: FinetuneConfig) -> PerplexityResult:
+def _ppl(model: nn.Module, ids: torch.Tensor, config: FinetuneConfig, progress: bool = False,
+         desc: str = "perplexity") -> PerplexityResult:
+    """Held-out perplexity; ``progress`` shows a bar (the before/after evaluations, not the periodic ones)."""
     return perplexity(model, None, ids, seqlen=config.seqlen, batch_size=config.batch,
-                      max_tokens=config.eval_tokens, progress=False)
+                      max_tokens=config.eval_tokens, progress=progress, desc=desc)
 
 
 def _probe_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -477,20 +392,25 @@ def _probe_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def _save_adapter(peft_model: nn.Module, out: str | os.PathLike, overwrite: bool) -> str:
     """Write the peft adapter (``adapter_config.json`` + safetensors) atomically to ``out``."""
-    from .io.format import commit_dir, check_output_dir
+    import shutil
 
-    out = check_output_dir(out, overwrite).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    from .io.outputs import ADAPTER_MARKER, check_output_dir, commit_dir, make_parents, make_temp_dir, remove_dirs
+
+    out = check_output_dir(out, overwrite, what="adapter directory").absolute()
+    created = make_parents(out)
+    tmp = None
     try:
+        tmp = make_temp_dir(out)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        # marks the directory as slimformer's, so a later --overwrite may replace it
+        (tmp / ADAPTER_MARKER).write_text(json.dumps({"kind": "lora-adapter"}) + "\n")
         commit_dir(tmp, out)
     except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_dirs(created)
         raise
     return str(out)
 
@@ -526,7 +446,7 @@ def finetune(
         keep_adapter: also write the (unmerged) peft adapter to this directory.
         overwrite: replace a non-empty ``keep_adapter`` directory.
         device: training device (default: where the model is).
-        progress: progress bar with the running loss.
+        progress: progress bars: held-out perplexity before and after, and training with the running loss.
 
     Returns:
         :class:`FinetuneResult` with the merged model; ``result.save(dir)`` writes it.
@@ -540,9 +460,10 @@ def finetune(
     """
     config = dataclasses.replace(config, **overrides) if config is not None else FinetuneConfig(**overrides)
     if keep_adapter is not None:
-        from .io.format import check_output_dir
+        from .io.outputs import check_output_dir
 
-        check_output_dir(keep_adapter, overwrite)
+        check_output_dir(keep_adapter, overwrite, inputs=(model if isinstance(model, (str, os.PathLike)) else None,),
+                         what="adapter directory")
     base, tok, section, report, path = _source_model(model, tokenizer, config.dtype)
     if device is not None:
         base.to(device)
@@ -556,7 +477,7 @@ def finetune(
         raise DataError(f"eval data {held.identity['name']} has {held.ids.numel()} tokens, fewer than one window "
                         f"of seqlen={config.seqlen}")
     params_before = sum(p.numel() for p in base.parameters())
-    before = _ppl(base, held.ids, config)
+    before = _ppl(base, held.ids, config, progress=progress, desc="perplexity before")
     peft_model, targets = attach_lora(base, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info("LoRA on %d modules (%s), %d trainable parameters; perplexity before %.4f",
@@ -571,7 +492,7 @@ def finetune(
     merge_err = float((_probe_logits(merged, probe) - lora_logits).abs().max())
     if sum(p.numel() for p in merged.parameters()) != params_before:
         raise RuntimeError("merging the adapters changed the parameter count; refusing to save a wrong model")
-    after = _ppl(merged, held.ids, config)
+    after = _ppl(merged, held.ids, config, progress=progress, desc="perplexity after")
     logger.info("perplexity %.4f -> %.4f after %d steps (%.1fs)", before.ppl, after.ppl, log.steps_done, log.seconds)
     record = _record(config, targets, trainable, log, train, held, before, after, merge_err, path, keep_adapter, merged)
     if "finetune" in section:  # fine-tuning a fine-tuned model: keep the earlier record

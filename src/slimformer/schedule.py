@@ -38,46 +38,17 @@ from torch import nn
 
 from .arch import ArchAdapter
 from .core.params import ResidualWidths, compressed_param_count
+from .validate import (  # noqa: F401  (re-exported)
+    DEFAULT_BASE_RATIO, check_budget, check_fraction, check_int, check_temperature,
+)
 
 logger = logging.getLogger("slimformer.schedule")
-
-#: layer-redundancy slicing base when none is given: ``SB = DEFAULT_BASE_RATIO * SP``.
-#: The reference code has no default (it sweeps SB from SP down to 0 in 0.02 steps);
-#: halfway keeps every block sliced and scales with SP, so a target-params search
-#: over SP is monotone. See docs/schedules.md for a sweep on stories260k.
-DEFAULT_BASE_RATIO = 0.5
 
 #: bisection steps of the target-params search (interval 2**-60 of [0, 1)).
 _BISECTION_STEPS = 60
 
-
-def _check_fraction(name: str, value: float, *, allow_zero: bool = True) -> float:
-    v = float(value)
-    lo_ok = v >= 0.0 if allow_zero else v > 0.0
-    if not (lo_ok and v < 1.0) or math.isnan(v):
-        rng = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ValueError(f"{name} must be in {rng}, got {value!r}")
-    return v
-
-
-def check_int(name: str, value: object, minimum: int | None = None) -> int:
-    """``value`` as an int; ValueError unless it is an integral number (not a bool) ``>= minimum``."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and float(value) == int(value)
-    if not ok or (minimum is not None and int(value) < minimum):  # type: ignore[arg-type]
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
-
-
-def check_budget(method: str, sparsity: float | None, target_params: float | None,
-                 sparsity_means: str) -> tuple[float | None, float | None]:
-    """Every method's budget: exactly one of ``sparsity`` (a fraction in [0, 1) of what
-    ``sparsity_means`` says) or ``target_params`` (a fraction in (0, 1) of the parameters)."""
-    if (sparsity is None) == (target_params is None):
-        raise ValueError(f"{method} needs exactly one of sparsity (--sparsity, {sparsity_means}) "
-                         "or target_params (--target-params, fraction of the parameters)")
-    return (None if sparsity is None else _check_fraction("sparsity", sparsity),
-            None if target_params is None else _check_fraction("target_params", target_params, allow_zero=False))
+# the torch-free validators (slimformer.validate) the method configs use, re-exported here
+_check_fraction = check_fraction
 
 
 def _check_scores(scores: Sequence[float] | None, n_layers: int, schedule: str) -> list[float]:
@@ -229,8 +200,7 @@ class GlobalSoftmax(Schedule):
     name: ClassVar[str] = "global"
 
     def __post_init__(self) -> None:
-        if not float(self.temperature) > 0 or not math.isfinite(float(self.temperature)):
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        check_temperature(self.temperature)
         _check_fraction("max_layer_sparsity", self.max_layer_sparsity, allow_zero=False)
 
     def min_sparsity(self) -> float:

@@ -233,6 +233,7 @@ class LayerStore:
         self.written: set[int] = set()
         self.bytes_written = 0
         self.scratch = Path(tempfile.mkdtemp(prefix=".activations-", dir=tmp)) if activations == "disk" else None
+        self.created_parents: list[Path] = []  # missing parents of ``out`` made for it (removed on failure)
 
     # -- activations ---------------------------------------------------------------------------
     def stash(self, device: torch.device) -> ActivationStash:
@@ -341,12 +342,18 @@ def open_offloaded(
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..io.format import check_output_dir
+    from ..io.inputs import check_checkpoint_files
+    from ..io.outputs import (check_free_space, check_not_input, check_output_dir, make_parents, make_temp_dir,
+                              remove_dirs)
 
     if activations not in ACTIVATION_MODES:
         raise ValueError(f"offload must be one of {', '.join(ACTIVATION_MODES)}, got {activations!r}")
-    out_path = check_output_dir(out, overwrite).absolute()
+    out_path = check_output_dir(out, overwrite, inputs=(name_or_path,)).absolute()
     src = _resolve(str(name_or_path))
+    check_not_input(out_path, (src,))  # a hub id resolves to a local snapshot
+    if writer:  # the output is at most the size of the dense checkpoint (+ metadata)
+        check_free_space(out_path, sum(f.stat().st_size for f in src.glob("*.safetensors")), "the compressed model")
+    check_checkpoint_files(src)  # a truncated shard is named now, not after hours of work
     config = AutoConfig.from_pretrained(str(src))
     if isinstance(getattr(config, "slimformer", None), dict):
         raise ValueError(f"{src} is already a slimformer-compressed model; offloaded compression starts from a "
@@ -359,12 +366,14 @@ def open_offloaded(
     source = CheckpointSource(src, getattr(model, "base_model_prefix", source_prefix) or source_prefix)
     _load_globals(model, adapter, source, torch_dtype)
     model.eval()
-    if writer:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix="slimformer-offload-"))
-    store = LayerStore(model, adapter, source, out_path, tmp, activations, torch_dtype, writer)
+    created = make_parents(out_path)  # ranks that do not write keep their scratch there too
+    try:
+        tmp = make_temp_dir(out_path)
+        store = LayerStore(model, adapter, source, out_path, tmp, activations, torch_dtype, writer)
+    except BaseException:
+        remove_dirs(created)
+        raise
+    store.created_parents = created
     setattr(model, _ATTR, store)
     model.name_or_path = str(name_or_path)
     logger.info("offloaded %s: %d blocks load lazily from %s; output shards go to %s",
@@ -422,5 +431,8 @@ def discard(model: nn.Module) -> None:
     or a rank that does not write) and detach the store; a no-op after :func:`finish`."""
     store = store_of(model)
     if store is not None:
+        from ..io.outputs import remove_dirs
+
         shutil.rmtree(store.tmp, ignore_errors=True)
+        remove_dirs(store.created_parents)
         delattr(model, _ATTR)

@@ -40,12 +40,11 @@ from torch import nn
 
 from ..arch import ArchAdapter, get_module
 from ..io.modeling_slimformer import _attn_relative, set_attention_heads
+from ..validate import ATTENTION_MODES  # noqa: F401  (torch-free, for the method configs and the CLI)
 from .plan import config_head_dim
 from .shrink import keep_inputs, keep_mlp_channels, keep_outputs
 
 logger = logging.getLogger("slimformer.core.structures")
-
-ATTENTION_MODES = ("channels", "heads", "none")
 
 
 @dataclass(frozen=True)

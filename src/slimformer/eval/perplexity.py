@@ -161,6 +161,7 @@ def perplexity(
     device: str | torch.device | None = None,
     split: str | None = None,
     progress: bool = True,
+    desc: str = "perplexity",
 ) -> PerplexityResult:
     """Perplexity of ``model`` on a text (see the module docstring for the convention).
 
@@ -176,6 +177,7 @@ def perplexity(
         device: where inputs go; defaults to the device of the model's first parameter.
         split: hub split when ``source`` is a hub name.
         progress: show a tqdm bar over batches.
+        desc: label of the progress bar.
 
     Returns:
         :class:`PerplexityResult`.
@@ -196,7 +198,7 @@ def perplexity(
     if device is None:
         device = next(model.parameters()).device
 
-    nll_sum, scored = _score(model, ids, windows, seqlen, batch_size, torch.device(device), progress)
+    nll_sum, scored = _score(model, ids, windows, seqlen, batch_size, torch.device(device), progress, desc)
     nll = nll_sum / scored
     result = PerplexityResult(
         ppl=math.exp(nll), tokens=scored, seqlen=seqlen, data=label, nll=nll,
@@ -216,6 +218,7 @@ def _score(
     batch_size: int,
     device: torch.device,
     progress: bool,
+    desc: str = "perplexity",
 ) -> tuple[float, int]:
     """Run all windows through the model; return (summed NLL, scored token count)."""
     was_training = model.training
@@ -226,7 +229,7 @@ def _score(
     try:
         with torch.inference_mode(), _no_kv_cache(model):
             batches = _batches(windows, batch_size)
-            for batch in tqdm(batches, total=n_batches, desc="perplexity", disable=not progress):
+            for batch in tqdm(batches, total=n_batches, desc=desc, disable=not progress):
                 inputs = torch.stack([ids[w.start : w.start + seqlen] for w in batch]).to(device)
                 logits = model(input_ids=inputs).logits
                 for row, window in enumerate(batch):

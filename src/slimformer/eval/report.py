@@ -9,7 +9,7 @@ Plots (matplotlib, Agg backend):
 * ``ppl_vs_removed.png``: perplexity vs. removed-parameter fraction, one line per result series (name without its trailing number, else the method);
 * ``widths_<n>.png``: per-layer residual widths of a compression plan;
 * ``speedup_vs_removed.png``: measured prefill/decode speed-up vs. removed fraction,
-  with the matmul-FLOP bound ``1 / flop_ratio``.
+  with the speed-up the matmul FLOPs predict (dense FLOPs / compressed FLOPs).
 """
 
 from __future__ import annotations
@@ -132,6 +132,16 @@ def _plot_widths(name: str, rep: dict[str, Any], out: Path, index: int) -> Path:
     return path
 
 
+def flop_speedup(speedup: dict[str, Any]) -> float | None:
+    """The speed-up the matmul FLOPs predict (dense / compressed) from a bench ``speedup`` block;
+    reads ``matmul_flops`` and, in files written before it, the inverse ``matmul_flop_ratio``."""
+    if "matmul_flops" in speedup:
+        return float(speedup["matmul_flops"])
+    if speedup.get("matmul_flop_ratio"):
+        return 1.0 / float(speedup["matmul_flop_ratio"])
+    return None
+
+
 def _plot_speedup(benches: list[tuple[str, dict[str, Any]]], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
@@ -140,7 +150,8 @@ def _plot_speedup(benches: list[tuple[str, dict[str, Any]]], out: Path) -> Path 
         if "speedup" in d:
             _, removed = _label(d)
             sp = d["speedup"]
-            pts.append((removed, sp["prefill"], sp["decode"], 1.0 / sp["matmul_flop_ratio"]))
+            flops = flop_speedup(sp)
+            pts.append((removed, sp["prefill"], sp["decode"], float("nan") if flops is None else flops))
     if not pts:
         return None
     pts.sort()
@@ -148,7 +159,7 @@ def _plot_speedup(benches: list[tuple[str, dict[str, Any]]], out: Path) -> Path 
     xs = [100 * p[0] for p in pts]
     ax.plot(xs, [p[1] for p in pts], "o-", label="prefill speed-up")
     ax.plot(xs, [p[2] for p in pts], "s-", label="decode speed-up")
-    ax.plot(xs, [p[3] for p in pts], "k--", label="1 / matmul FLOP ratio")
+    ax.plot(xs, [p[3] for p in pts], "k--", label="expected from matmul FLOPs")
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xlabel("parameters removed (%)")
     ax.set_ylabel("speed-up vs. dense (x)")
@@ -202,10 +213,10 @@ def render_report(paths: list[str | Path], out_dir: str | Path) -> Path:
         for name, d in benches:
             _, removed = _label(d)
             sp = d.get("speedup", {})
+            flops = flop_speedup(sp)
             rows.append([name, f"{100 * removed:.1f}%", f"{sp.get('prefill', float('nan')):.3f}",
-                         f"{sp.get('decode', float('nan')):.3f}",
-                         f"{1 / sp['matmul_flop_ratio']:.3f}" if "matmul_flop_ratio" in sp else "-"])
-        md += _table(["result", "params removed", "prefill x", "decode x", "1/FLOP ratio"], rows) + [""]
+                         f"{sp.get('decode', float('nan')):.3f}", "-" if flops is None else f"{flops:.3f}"])
+        md += _table(["result", "params removed", "prefill x", "decode x", "expected x (matmul FLOPs)"], rows) + [""]
         plot = _plot_speedup(benches, out)
         if plot:
             md += [f"![speed-up vs removed]({plot.name})", ""]

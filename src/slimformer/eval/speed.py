@@ -6,6 +6,11 @@ decode time = generate time - prefill time. Models are measured interleaved
 (dense, compressed, dense, ...) after warm-up, so machine noise hits all alike;
 medians and min/max are reported. Memory: parameter bytes, and peak
 ``torch.cuda.max_memory_allocated`` on GPU or the process RSS on CPU.
+
+With two models (baseline first), ``speedup`` holds the measured prefill and decode
+speed-ups and ``matmul_flops``, the speed-up the matmul FLOPs predict
+(baseline matmul FLOPs / compressed matmul FLOPs): all three > 1 mean faster.
+Result files written before it had ``matmul_flop_ratio``, its inverse.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from tqdm.auto import tqdm
 
 from ..memory import peak_rss_mb
 
@@ -77,8 +84,12 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def compare_speed(models: dict[str, nn.Module], settings: SpeedSettings, device: str | torch.device | None = None) -> dict[str, Any]:
-    """Measure every model in ``models`` (name -> model) interleaved; returns a JSON-able dict."""
+def compare_speed(models: dict[str, nn.Module], settings: SpeedSettings, device: str | torch.device | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Measure every model in ``models`` (name -> model) interleaved; returns a JSON-able dict.
+
+    ``progress`` shows a bar over the runs (warm-up and measured, every model).
+    """
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     first = next(iter(models.values()))
@@ -92,18 +103,25 @@ def compare_speed(models: dict[str, nn.Module], settings: SpeedSettings, device:
             raise ValueError(f"seqlen + new_tokens = {settings.seqlen + settings.new_tokens} exceeds the "
                              f"max_position_embeddings={max_pos} of {name}")
         m.to(dev).eval()
+    bar = tqdm(total=(settings.warmup + settings.repeats) * len(models), desc="bench", unit="run",
+               disable=not progress, leave=False)
     for _ in range(settings.warmup):
-        for m in models.values():
+        for name, m in models.items():
+            bar.set_postfix_str(f"warm-up {name}")
             _one_run(m, ids, settings.new_tokens)
+            bar.update()
     runs: dict[str, list[tuple[float, float]]] = {n: [] for n in models}
     peaks: dict[str, float] = {}
     for _ in range(settings.repeats):
         for name, m in models.items():
+            bar.set_postfix_str(name)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             runs[name].append(_one_run(m, ids, settings.new_tokens))
             if dev.type == "cuda":
                 peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(dev) / 2**20)
+            bar.update()
+    bar.close()
     out: dict[str, Any] = {"settings": settings.__dict__, "device": str(dev), "models": {}}
     for name, m in models.items():
         prefill = [settings.batch * settings.seqlen / p for p, _ in runs[name]]
@@ -127,6 +145,7 @@ def compare_speed(models: dict[str, nn.Module], settings: SpeedSettings, device:
         out["speedup"] = {
             "prefill": comp["prefill_tokens_per_s"]["median"] / base["prefill_tokens_per_s"]["median"],
             "decode": comp["decode_tokens_per_s"]["median"] / base["decode_tokens_per_s"]["median"],
-            "matmul_flop_ratio": comp["matmul_params"] / base["matmul_params"],
+            # the speed-up the matmul FLOPs predict (same direction as the measured ones)
+            "matmul_flops": base["matmul_params"] / comp["matmul_params"],
         }
     return out

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,18 @@ from torch import nn
 
 from ..core.plan import FORMAT_VERSION
 from . import modeling_slimformer as runtime
+from . import plan_schema
 from .modeling_slimformer import SlimformerFormatError, load_compressed
+from .inputs import check_checkpoint_files
+from .outputs import (OutputExistsError, as_output_error, check_output_dir, commit_dir, make_parents, make_temp_dir,
+                      remove_dirs)
 
 logger = logging.getLogger("slimformer.io")
 
 MODELING_FILE = Path(runtime.__file__).name
+SCHEMA_FILE = Path(plan_schema.__file__).name  # imported by the runtime file: shipped next to it
 AUTO_MAP = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.SlimformerForCausalLM"}
 DEFAULT_MAX_SHARD_BYTES = 4 * 1024**3
-
-
-class OutputExistsError(FileExistsError):
-    """The output directory exists and is not empty."""
 
 
 class PlainExportError(ValueError):
@@ -83,16 +84,6 @@ def plain_config_changes(model: nn.Module) -> dict[str, Any]:
     return {adapter.mlp_width_config_attr: widths[0]}
 
 
-def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early (before any work) if ``out`` exists, is not empty, and overwrite is off."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
-    return out
-
-
 def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -106,6 +97,20 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
     return shards
 
 
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, with its I/O errors (a full disk, ...) raised as ``OSError``."""
+    try:
+        save_file(tensors, str(path), metadata=meta)
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors' SafetensorError wraps the OS error as text
+        m = re.search(r"os error (\d+)", str(exc))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> int:
     """Write safetensors (sharded with the standard index above ``max_shard_bytes``); returns bytes."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
@@ -113,12 +118,12 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_byt
     shards = _shards(state, max_shard_bytes)
     meta = {"format": "pt"}
     if len(shards) == 1:
-        save_file(shards[0], str(directory / runtime.WEIGHTS_NAME), metadata=meta)
+        _save_file(shards[0], directory / runtime.WEIGHTS_NAME, meta)
         return total
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / name), metadata=meta)
+        _save_file(shard, directory / name, meta)
         weight_map.update({k: name for k in shard})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / runtime.WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2))
@@ -150,26 +155,6 @@ def _write_config(model: nn.Module, directory: Path, section: dict[str, Any], pl
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def commit_dir(tmp: Path, out: Path) -> None:
-    """Move the finished temporary directory into place (replacing ``out`` if allowed).
-
-    ``mkdtemp`` (and safetensors) create private files; give them the usual
-    permissions first (0755 directories, 0644 files, minus the umask).
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~umask)
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, trash / out.name)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
 def write_metadata(
     model: nn.Module,
     directory: Path,
@@ -180,7 +165,14 @@ def write_metadata(
     extra_files: dict[str, bytes] | None = None,
 ) -> None:
     """Everything of the format except the weights: config (with ``section``), generation
-    config, tokenizer, the runtime file (unless plain), the report and ``extra_files``."""
+    config, tokenizer, the runtime files (unless plain), the report and ``extra_files``.
+
+    Call it after the weights are written: ``section["weights_sha256"]`` records the sha256
+    of every weight file found in ``directory`` (replacing any value ``section`` carried)."""
+    hashes = plan_schema.weights_sha256(directory)
+    section = {k: v for k, v in section.items() if k != "weights_sha256"}
+    if hashes:
+        section["weights_sha256"] = hashes
     _write_config(model, directory, section, plain_changes)
     gen = getattr(model, "generation_config", None)
     if gen is not None:
@@ -189,6 +181,7 @@ def write_metadata(
         tokenizer.save_pretrained(str(directory))
     if plain_changes is None:
         shutil.copyfile(runtime.__file__, directory / MODELING_FILE)
+        shutil.copyfile(plan_schema.__file__, directory / SCHEMA_FILE)
     if report is not None:
         (directory / "slimformer_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     for name, data in (extra_files or {}).items():
@@ -207,6 +200,7 @@ def save_compressed(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     plain: bool = False,
     extra_files: dict[str, bytes] | None = None,
+    inputs: tuple[str | os.PathLike | None, ...] = (),
 ) -> Path:
     """Write a compressed model atomically.
 
@@ -217,32 +211,48 @@ def save_compressed(
         plain: write an ordinary HF config (no remote code) or raise
             :class:`PlainExportError` saying why the model needs one.
         extra_files: more files (plain names -> bytes) to write into the directory.
+        inputs: paths the run read (model, data, ...): ``out`` may not be or contain one
+            (see :func:`slimformer.io.outputs.check_output_dir` for what ``overwrite`` may replace).
     """
     plain_changes = plain_config_changes(model) if plain else None
-    out = check_output_dir(out, overwrite).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, overwrite, inputs=inputs).absolute()
     section = {"format_version": FORMAT_VERSION, **section, "plain": bool(plain)}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    created = make_parents(out)
+    tmp = None
     try:
+        tmp = make_temp_dir(out)
         nbytes = write_weights(untied_state(model), tmp, max_shard_bytes)
         write_metadata(model, tmp, section, report, tokenizer, plain_changes, extra_files)
         commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_dirs(created)
+        raise as_output_error(exc, out) from None
     logger.info("saved compressed model to %s (%.2f MB of weights)", out, nbytes / 2**20)
     return out
 
 
 def read_section(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``"slimformer"`` section of ``path/config.json``, or ``None`` for other models."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
+    if not (Path(path) / "config.json").is_file():
         return None
-    try:
-        return json.loads(cfg.read_text()).get("slimformer")
-    except json.JSONDecodeError as exc:
-        raise SlimformerFormatError(f"{cfg} is not valid JSON: {exc}") from exc
+    section = plan_schema.read_config_json(path).get("slimformer")  # not JSON / not an object: format error
+    if section is not None and not isinstance(section, dict):
+        plan_schema.validate_section(section)  # raises: 'slimformer' must be a JSON object
+    return section
+
+
+def record_weights_sha256(directory: str | os.PathLike) -> None:
+    """Re-record ``weights_sha256`` in ``directory/config.json`` for the weight files now there
+    (after they were rewritten, e.g. by ``unpack``); a no-op when the config records none."""
+    cfg_path = Path(directory) / "config.json"
+    cfg = plan_schema.read_config_json(directory)
+    section = cfg.get("slimformer")
+    if not isinstance(section, dict) or "weights_sha256" not in section:
+        return
+    section["weights_sha256"] = plan_schema.weights_sha256(directory)
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
 
 
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
@@ -280,10 +290,14 @@ def load_model(
     if section is not None and not section.get("plain"):
         model = load_compressed(name, dtype=dtype, device=device)
         return model, load_tokenizer(name)
+    if section is not None:  # a plain HF config: transformers builds it, the section and hashes are still checked
+        runtime.check_saved(name)
     if not os.path.isdir(name) and (name.startswith((".", "/", "~")) or Path(name).suffix):
         raise FileNotFoundError(f"model directory not found: {name}")
     from transformers import AutoModelForCausalLM
 
+    if os.path.isdir(name):
+        check_checkpoint_files(name)  # a truncated dense checkpoint is named, not a traceback
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto")
     except OSError as exc:

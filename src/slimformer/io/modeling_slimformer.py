@@ -1,8 +1,9 @@
 """Runtime modules of a slimformer-compressed model.
 
 This file is self-contained on purpose: it depends only on ``torch`` (and, for
-loading, ``transformers``), so it can be copied next to a saved model and used
-through ``trust_remote_code`` by people who do not have slimformer installed.
+loading, ``transformers``) and its sibling ``plan_schema.py`` (standard library
+only), so the two can be copied next to a saved model and used through
+``trust_remote_code`` by people who do not have slimformer installed.
 slimformer itself imports its runtime modules from here, so there is a single
 source of truth for how a compressed block computes.
 
@@ -27,6 +28,23 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# The config schema (standard library only) is a sibling file, copied next to every saved
+# model with this one; transformers' remote-code loader copies relatively imported files.
+from .plan_schema import (  # noqa: F401  (re-exported: slimformer imports them from here)
+    CHANNEL_SETS,
+    SUPPORTED_FORMAT_VERSIONS,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    SlimformerFormatError,
+    _channel_set_widths,
+    _has_channel_sets,
+    _validate_heads,
+    check_weights_sha256,
+    read_config_json,
+    validate_plan,
+    validate_section,
+)
 
 ACTIVATIONS = {
     "relu": nn.functional.relu,
@@ -406,15 +424,6 @@ def channel_wrapped(lin: nn.Linear, residual_width: int, in_index: Any = None, o
     return new
 
 
-#: plan field -> (plan path keys of the linears it applies to, gather (True) or scatter)
-CHANNEL_SETS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "attn_in_index": (("q", "k", "v"), True),
-    "mlp_in_index": (("gate", "up"), True),
-    "attn_out_index": (("o",), False),
-    "mlp_out_index": (("down",), False),
-}
-
-
 def apply_channel_sets(model: nn.Module, plan: dict[str, Any]) -> None:
     """Wrap the readers/writers of every block whose plan has residual channel subsets."""
     paths, width = plan["paths"], int(plan["full_width"])
@@ -440,15 +449,6 @@ def apply_channel_sets(model: nn.Module, plan: dict[str, Any]) -> None:
 import contextlib
 import json
 import os
-
-SUPPORTED_FORMAT_VERSIONS = (1,)
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-
-
-class SlimformerFormatError(ValueError):
-    """A saved compressed model is missing, corrupt, or of an unsupported format."""
-
 
 def _get(root: nn.Module, path: str) -> nn.Module:
     """The submodule at dotted ``path`` (``""`` is ``root``; digits index ModuleLists)."""
@@ -575,101 +575,6 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
     _set(model, paths["final_norm"], SlimRMSNorm(plan["head_width"], d, norm_eps))
 
 
-def validate_plan(plan: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Check the plan's widths against the checkpoint's tensor shapes; name the offending tensor."""
-    paths = plan["paths"]
-
-    def expect(key: str, shape: tuple[int, ...]) -> None:
-        if key not in shapes:
-            raise SlimformerFormatError(f"tensor {key} is missing from the checkpoint (truncated or missing shard?)")
-        if tuple(shapes[key]) != tuple(shape):
-            raise SlimformerFormatError(f"tensor {key} has shape {list(shapes[key])}, the plan says {list(shape)}")
-
-    for i, bp in enumerate(plan["blocks"]):
-        pre = f"{paths['layers']}.{i}."
-        after_attn = bp["d_out"] if bp["d_mid"] is None else bp["d_mid"]
-        mlp_in = bp["d_in"] if bp["d_mid"] is None else bp["d_mid"]
-        # widths the linears read / write: the residual widths, or the sizes of the channel subsets
-        w = _channel_set_widths(i, bp, plan) if _has_channel_sets(bp) else {}
-        attn_read, mlp_read = w.get("attn_in_index", bp["d_in"]), w.get("mlp_in_index", mlp_in)
-        o_rows, down_rows = w.get("attn_out_index", after_attn), w.get("mlp_out_index", bp["d_out"])
-        expect(pre + paths["q"] + ".weight", (bp["q_out"], attn_read))
-        expect(pre + paths["k"] + ".weight", (bp["k_out"], attn_read))
-        expect(pre + paths["v"] + ".weight", (bp["v_out"], attn_read))
-        expect(pre + paths["up"] + ".weight", (bp["mlp_width"], mlp_read))
-        expect(pre + paths["down"] + ".weight", (down_rows, bp["mlp_width"]))
-        if paths.get("gate"):
-            expect(pre + paths["gate"] + ".weight", (bp["mlp_width"], mlp_read))
-        o_key = pre + paths["o"] + ".weight"
-        if o_key in shapes and shapes[o_key][0] != o_rows:
-            raise SlimformerFormatError(f"tensor {o_key} has shape {list(shapes[o_key])}, the plan says {o_rows} rows")
-        for key, rows in ((pre + paths["o"] + ".bias", o_rows), (pre + paths["down"] + ".bias", down_rows)):
-            if w and key in shapes and tuple(shapes[key]) != (rows,):
-                raise SlimformerFormatError(f"tensor {key} has shape {list(shapes[key])}, the plan says [{rows}]")
-        if bp.get("n_heads") is not None:
-            _validate_heads(i, bp, shapes.get(o_key))
-        if bp["attn_shortcut"]:
-            expect(pre + "attn_shortcut.weight", (after_attn, bp["d_in"]))
-        if bp["mlp_shortcut"]:
-            expect(pre + "mlp_shortcut.weight", (bp["d_out"], bp["d_mid"]))
-    expect(paths["embed"] + ".weight", (shapes.get(paths["embed"] + ".weight", (0,))[0], plan["embed_width"]))
-    if not plan.get("tied_head", False):  # a tied head is the embedding, stored once
-        expect(paths["head"] + ".weight", (shapes.get(paths["head"] + ".weight", (0,))[0], plan["head_width"]))
-
-
-def _has_channel_sets(bp: dict[str, Any]) -> bool:
-    return any(bp.get(name) is not None for name in CHANNEL_SETS)
-
-
-def _channel_set_widths(i: int, bp: dict[str, Any], plan: dict[str, Any]) -> dict[str, int]:
-    """Sizes of block ``i``'s residual channel subsets, after checking they are valid index sets
-    of the full-width residual stream (which the block must then keep)."""
-    width = int(plan["full_width"])
-    if plan.get("fused", True) or bp["d_in"] != width or bp["d_out"] != width or bp["d_mid"] not in (None, width):
-        raise SlimformerFormatError(
-            f"block {i}: residual channel subsets need the original blocks with a full-width residual stream "
-            f"(fused=false, d_in = d_mid = d_out = {width}); the plan has fused={plan.get('fused', True)}, "
-            f"d_in={bp['d_in']}, d_mid={bp['d_mid']}, d_out={bp['d_out']}")
-    widths = {}
-    for name in CHANNEL_SETS:
-        index = bp.get(name)
-        if index is None:
-            continue
-        if not (isinstance(index, list) and all(isinstance(j, int) and not isinstance(j, bool) for j in index)):
-            raise SlimformerFormatError(f"block {i}: {name} must be a list of channel positions")
-        try:
-            channel_index(index, len(index), width, name)
-        except ValueError as exc:
-            raise SlimformerFormatError(f"block {i}: corrupt plan: {exc}") from exc
-        widths[name] = len(index)
-    return widths
-
-
-def _validate_heads(i: int, bp: dict[str, Any], o_shape: tuple[int, ...] | None) -> None:
-    """Head counts and head dims of block ``i`` must agree with its projection widths."""
-    n_q, n_kv, hd, qk, vd = (bp.get(k) for k in ("n_heads", "n_kv_heads", "head_dim", "qk_head_dim", "v_head_dim"))
-    problems = []
-    if not (isinstance(n_q, int) and isinstance(n_kv, int) and n_q >= 1 and n_kv >= 1 and n_q % n_kv == 0):
-        problems.append(f"n_heads={n_q} must be a positive multiple of n_kv_heads={n_kv}")
-    elif not all(isinstance(x, int) and 1 <= x <= (hd or 0) for x in (qk, vd)):
-        problems.append(f"qk_head_dim={qk} and v_head_dim={vd} must be in [1, head_dim={hd}]")
-    else:
-        idx = bp.get("qk_index")
-        if qk != hd and idx is None:
-            problems.append(f"qk_head_dim={qk} < head_dim={hd} needs qk_index (kept q/k channels per kv head)")
-        if idx is not None and not (len(idx) == n_kv and all(
-                len(r) == qk and len(set(r)) == qk and all(isinstance(j, int) and 0 <= j < hd for j in r) for r in idx)):
-            problems.append(f"qk_index must list {qk} distinct channels in [0, {hd}) for each of {n_kv} kv heads")
-        for name, have, want in (("q", bp["q_out"], n_q * qk), ("k", bp["k_out"], n_kv * qk),
-                                 ("v", bp["v_out"], n_kv * vd)):
-            if have != want:
-                problems.append(f"{name} has {have} outputs, heads x head dim give {want}")
-        if o_shape is not None and o_shape[1] != n_q * vd:
-            problems.append(f"o reads {o_shape[1]} channels, n_heads x v_head_dim give {n_q * vd}")
-    if problems:
-        raise SlimformerFormatError(f"block {i}: inconsistent attention shape in the plan: {'; '.join(problems)}")
-
-
 def _tie_head(model: nn.Module, paths: dict[str, Any]) -> None:
     """Share the input embedding with the LM head (plain models with tied embeddings)."""
     _get(model, paths["head"]).weight = _get(model, paths["embed"]).weight
@@ -690,39 +595,65 @@ def _load_state_dict(path: str, dtype: torch.dtype | None, device: Any) -> dict[
 
 
 def slim_section(config: Any) -> dict[str, Any]:
-    """The ``"slimformer"`` section of a config, checked for a supported format version."""
+    """The ``"slimformer"`` section of a config object, checked against the schema
+    (:func:`plan_schema.validate_section`, without weights)."""
     section = getattr(config, "slimformer", None)
-    if not isinstance(section, dict) or "plan" not in section:
-        raise SlimformerFormatError("config.json has no valid 'slimformer' section: not a slimformer model")
-    version = section.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise SlimformerFormatError(
-            f"slimformer format_version {version!r} is not supported by this loader "
-            f"(supports {list(SUPPORTED_FORMAT_VERSIONS)}); upgrade slimformer"
-        )
+    validate_section(section)
     return section
 
 
-def load_compressed(path: str, config: Any = None, dtype: Any = None, device: Any = None) -> nn.Module:
+class SavedCheck:
+    """What :func:`check_saved` read: ``config`` (config.json), ``section``, ``shapes`` (tensor
+    name -> shape from the safetensors headers), ``files`` (weight file paths) and ``hashed``
+    (names of the files whose recorded sha256 was checked; empty when none was recorded)."""
+
+    def __init__(self, config: dict[str, Any], section: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                 files: list[str], hashed: list[str]) -> None:
+        self.config, self.section, self.shapes, self.files, self.hashed = config, section, shapes, files, hashed
+
+
+def check_saved(path: str, check_hashes: bool = True) -> SavedCheck:
+    """Everything checkable about a saved directory without building the model, cheapest first:
+    config.json, the whole ``"slimformer"`` section against the schema and the base config, the
+    safetensors headers against the plan, then (``check_hashes``) the recorded sha256 of every
+    weight file. Raises :class:`SlimformerFormatError` (one line) on the first problem."""
+    if not os.path.isdir(path):
+        raise SlimformerFormatError(f"not a directory: {path}")
+    config = read_config_json(path)
+    if "slimformer" not in config:
+        raise SlimformerFormatError(f"{path}/config.json has no 'slimformer' section: not a slimformer model")
+    section = config["slimformer"]
+    validate_section(section, base_config=config)  # before reading anything else
+    files = weight_files(path)
+    shapes = read_header_shapes(path)
+    validate_section(section, shapes, config)
+    hashed = check_weights_sha256(path, section, files) if check_hashes else []
+    return SavedCheck(config, section, shapes, files, hashed)
+
+
+def load_compressed(path: str, config: Any = None, dtype: Any = None, device: Any = None,
+                    check_hashes: bool = True) -> nn.Module:
     """Build the compressed model from its plan on the meta device and assign the saved weights.
 
+    Everything :func:`check_saved` checks is checked first, before any model is built.
     Peak memory is about one copy of the weights. ``dtype``: optional torch dtype
-    (or its name) to cast floating weights to; ``device``: where to put them.
+    (or its name) to cast floating weights to; ``device``: where to put them;
+    ``check_hashes``: compare the weight files with their recorded sha256 (reads them once more).
     """
     import transformers
     from transformers import AutoConfig
 
-    if not os.path.isdir(path):
-        raise SlimformerFormatError(f"not a directory: {path}")
+    checked = check_saved(path, check_hashes=check_hashes)
+    section, shapes = checked.section, checked.shapes
+    plan = section["plan"]
     if config is None:
         config = AutoConfig.from_pretrained(path)
-    section = slim_section(config)
-    plan = section["plan"]
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    shapes = read_header_shapes(path)
-    validate_plan(plan, shapes)
-    cls = getattr(transformers, plan["architecture"])
+    cls = getattr(transformers, plan["architecture"], None)
+    if cls is None:
+        raise SlimformerFormatError(f"transformers {transformers.__version__} has no {plan['architecture']}; "
+                                    "upgrade transformers to load this model")
     with _params_on_meta():
         model = cls(config)
     apply_plan(model, plan, float(plan["norm_eps"]))

@@ -5,26 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from .base import MethodSpec, Runtime
-from .slicegpt import SliceGPTConfig, apply_slicegpt
-from .fasp import FASPConfig, apply_fasp
-from .baselines import MagnitudeConfig, RandomConfig, WandaSPConfig, apply_magnitude, apply_random, apply_wanda_sp
-from .dotresize import DOTResizeConfig, apply_dotresize
-from .prunenet import PruneNetConfig, apply_prunenet
-from .modegpt import MoDeGPTConfig, apply_modegpt
-from .disp import DISPConfig, apply_disp
+from .slicegpt import SliceGPTConfig
+from .fasp import FASPConfig
+from .baselines import MagnitudeConfig, RandomConfig, WandaSPConfig
+from .dotresize import DOTResizeConfig
+from .prunenet import PruneNetConfig
+from .modegpt import MoDeGPTConfig
+from .disp import DISPConfig
 
+# Only the (torch-free) config modules are imported here; each apply function is imported
+# from its "module:function" on first use of ``spec.apply`` (see MethodSpec).
+_M = __name__
 METHODS: dict[str, MethodSpec] = {
-    "slicegpt": MethodSpec("slicegpt", SliceGPTConfig, apply_slicegpt, offload=True),
-    "fasp": MethodSpec("fasp", FASPConfig, apply_fasp, offload=True),
-    "magnitude": MethodSpec("magnitude", MagnitudeConfig, apply_magnitude, needs_calibration=False, offload=True),
-    "wanda-sp": MethodSpec("wanda-sp", WandaSPConfig, apply_wanda_sp, offload=True),
-    "random": MethodSpec("random", RandomConfig, apply_random, needs_calibration=False, offload=True),
-    "dotresize": MethodSpec("dotresize", DOTResizeConfig, apply_dotresize, offload=True),
-    "modegpt": MethodSpec("modegpt", MoDeGPTConfig, apply_modegpt, offload=True),
-    "prunenet": MethodSpec("prunenet", PruneNetConfig, apply_prunenet, needs_calibration=False,
+    "slicegpt": MethodSpec("slicegpt", SliceGPTConfig, f"{_M}.slicegpt.apply:apply_slicegpt", offload=True),
+    "fasp": MethodSpec("fasp", FASPConfig, f"{_M}.fasp.apply:apply_fasp", offload=True),
+    "magnitude": MethodSpec("magnitude", MagnitudeConfig, f"{_M}.baselines.apply:apply_magnitude",
+                            needs_calibration=False, offload=True),
+    "wanda-sp": MethodSpec("wanda-sp", WandaSPConfig, f"{_M}.baselines.apply:apply_wanda_sp", offload=True),
+    "random": MethodSpec("random", RandomConfig, f"{_M}.baselines.apply:apply_random", needs_calibration=False,
+                         offload=True),
+    "dotresize": MethodSpec("dotresize", DOTResizeConfig, f"{_M}.dotresize.apply:apply_dotresize", offload=True),
+    "modegpt": MethodSpec("modegpt", MoDeGPTConfig, f"{_M}.modegpt.apply:apply_modegpt", offload=True),
+    "prunenet": MethodSpec("prunenet", PruneNetConfig, f"{_M}.prunenet.apply:apply_prunenet", needs_calibration=False,
                            accepts_calibration=False),
     # trains on all blocks at once: no offloading
-    "disp": MethodSpec("disp", DISPConfig, apply_disp),
+    "disp": MethodSpec("disp", DISPConfig, f"{_M}.disp.apply:apply_disp"),
 }
 
 

@@ -14,7 +14,8 @@ needs, push the chunk. Decoder: pop chunk ``g`` and its corrections, recover
 popping, i.e. the next chunk's bits.
 
 What is guaranteed (see docs/bitsback.md):
-* every byte of every non-weight file is restored exactly (sha256-checked);
+* every byte of every non-weight file is restored exactly (sha256-checked), except the
+  ``weights_sha256`` of ``config.json``, re-recorded for the unpacked weight files;
 * the unpacked weights are exactly (bit for bit, sha256-checked) the tensors the
   packer stored: the original tensors multiplied by the group rotations in
   float64 and rounded once to the stored dtype. They compute the same function
@@ -39,10 +40,10 @@ import hashlib
 import json
 import logging
 import lzma
+import math
 import os
 import shutil
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,19 +300,26 @@ def _meta_files(src: Path, weights: list[str]) -> list[Path]:
 
 
 def _write_file_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    """Write through an owner-named temporary sibling (see :mod:`slimformer.io.outputs`), then rename."""
+    from ..outputs import as_output_error, check_free_space, make_parents, make_temp_file, remove_dirs
+
+    check_free_space(path, len(data), "the pack file")
+    created = make_parents(path)
+    tmp = None
     try:
+        fd, tmp = make_temp_file(path)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        remove_dirs(created)
+        raise as_output_error(exc, path) from None
 
 
 def _load_state(src: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -373,8 +381,11 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, bitsback: bool = True, 
         raise FileNotFoundError(f"model directory not found: {src}")
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} has no config.json: not a Hugging Face model directory")
-    if Path(out).exists() and (Path(out).is_dir() or not overwrite):
-        raise FileExistsError(f"{out} already exists; choose another file name or pass --overwrite")
+    from ..outputs import check_free_space, check_output_file
+
+    check_output_file(out, overwrite, inputs=(src,), magic=MAGIC, what="pack file")
+    # the pack file is smaller than the raw files it codes
+    check_free_space(out, sum(p.stat().st_size for p in src.iterdir() if p.is_file()), "the pack file")
     state, files = _load_state(src)
     names = list(state)
     meta = {p.name: p.read_bytes() for p in _meta_files(src, files)}
@@ -555,6 +566,23 @@ def read_container(path: str | os.PathLike) -> tuple[dict[str, Any], np.ndarray]
     return header, np.frombuffer(data, dtype="<u4", count=nwords, offset=pos + 8).astype(np.uint32)
 
 
+def unpacked_bytes(path: str | os.PathLike) -> int:
+    """Size of the directory a pack file unpacks to, from its header alone (no payload read);
+    0 when the header cannot be read (then :func:`read_container` reports why)."""
+    try:
+        with open(path, "rb") as fh:
+            prefix = fh.read(_PREFIX.size)
+            magic, _, hlen = _PREFIX.unpack(prefix)
+            if magic != MAGIC:
+                return 0
+            header = json.loads(fh.read(hlen))
+        tensors = sum(math.prod(t["shape"]) * torch.empty(0, dtype=getattr(torch, t["dtype"])).element_size()
+                      for t in header["tensors"])
+        return tensors + sum(int(f["size"]) for f in header["files"])
+    except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+
+
 def decode(path: str | os.PathLike, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, bytes]]:
     """Decode a pack file: (tensors by name, other files by name), all checksums verified."""
     header, words = read_container(path)
@@ -609,19 +637,30 @@ def _decode(
 
 def unpack(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> Path:
     """Decode a pack file into a model directory (written atomically; nothing is written on error)."""
-    from ..format import DEFAULT_MAX_SHARD_BYTES, commit_dir, check_output_dir, write_weights
+    from ..format import DEFAULT_MAX_SHARD_BYTES, record_weights_sha256, write_weights
+    from ..outputs import (as_output_error, check_free_space, check_output_dir, commit_dir, make_parents,
+                           make_temp_dir, remove_dirs)
 
-    out = check_output_dir(out, overwrite).absolute()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pack file not found: {path}")
+    out = check_output_dir(out, overwrite, inputs=(path,)).absolute()
+    check_free_space(out, unpacked_bytes(path), "the unpacked model")  # before decoding
     state, files = decode(path, progress=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    created = make_parents(out)
+    tmp = None
     try:
+        tmp = make_temp_dir(out)
         for name, content in files.items():
             (tmp / name).write_bytes(content)
         write_weights(state, tmp, DEFAULT_MAX_SHARD_BYTES)
+        # the rotated weights are new files (verified above against the pack's own digest):
+        # config.json's weights_sha256, if it records one, must describe them
+        record_weights_sha256(tmp)
         commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_dirs(created)
+        raise as_output_error(exc, out) from None
     logger.info("unpacked %s -> %s", path, out)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...schedule import check_int
+from ...validate import check_int
 from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
 
 

@@ -5,9 +5,15 @@
 gather/scatter slicing), ``apply`` (the method's entry point).
 """
 
-from .apply import apply_disp, learn_masks
+from ..._lazy import lazy_exports
 from .config import DISPConfig
-from .masks import BlockMasks, BlockShapes, MaskHooks, block_shapes, kept_params, prunable_params, total_params
+
+# everything but the config imports torch: loaded on first use
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **{n: ".apply" for n in ("apply_disp", "learn_masks")},
+    **{n: ".masks" for n in ("BlockMasks", "BlockShapes", "MaskHooks", "block_shapes", "kept_params",
+                             "prunable_params", "total_params")},
+})
 
 __all__ = ["BlockMasks", "BlockShapes", "DISPConfig", "MaskHooks", "apply_disp", "block_shapes", "kept_params",
            "learn_masks", "prunable_params", "total_params"]

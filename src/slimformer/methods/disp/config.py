@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ...schedule import check_budget, check_int
+from ...validate import check_budget, check_int
 
 
 @dataclass
@@ -47,8 +47,8 @@ class DISPConfig:
     lam: float = 6.0
     mask_temperature: float = 0.4
     hypernet_hidden: int = 64
-    batch: int = 4
-    seqlen: int | None = None
+    batch: int = field(default=4, metadata={"option": "train_batch_size", "aliases": ("batch",)})
+    seqlen: int | None = field(default=None, metadata={"option": "train_seqlen", "aliases": ("seqlen",)})
     train_seed: int = 0
     checkpoint: str | None = None
     checkpoint_every: int = 50

@@ -152,11 +152,19 @@ def _fingerprint(model: nn.Module, shapes: Sequence[BlockShapes], ids: torch.Ten
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file next to ``path``, then an atomic rename."""
+    from ...io.outputs import clean_stale, make_temp_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    clean_stale(path)  # temporaries of killed runs
+    fd, tmp = make_temp_file(path)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike, key: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
@@ -220,7 +228,7 @@ def train_hypernet(
             net.load_state_dict(state["hypernet"])
             opt.load_state_dict(state["optimizer"])
             start, history = int(state["step"]), list(state["history"])
-            logger.info("DISP: resuming from %s at step %d", config.checkpoint, start)
+            logger.warning("DISP: resumed from checkpoint %s at step %d of %d", config.checkpoint, start, config.steps)
             if start > config.steps:
                 raise ValueError(f"DISP checkpoint {config.checkpoint} is at step {start} > steps={config.steps}; "
                                  "raise --steps or delete the checkpoint")

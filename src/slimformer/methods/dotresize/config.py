@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...schedule import check_budget, check_int
+from ...validate import COSTS, SCHEDULE_NAMES, TARGET_INITS, TARGET_MARGINALS, check_budget, check_int
 from ..slicegpt.config import SliceGPTConfig
-from .ot import COSTS, TARGET_INITS, TARGET_MARGINALS
 
 #: entropic regularisation when none is given, per ``where``, relative to the largest cost
 #: (costs are divided by their maximum). The paper's value could not be read (METHODS.md).
@@ -65,18 +64,18 @@ class DOTResizeConfig:
     target_params: float | None = None
     round_to: int | None = None
     slice_head: bool = False
-    schedule: str = "uniform"
+    schedule: str = field(default="uniform", metadata={"choices": SCHEDULE_NAMES})
     slicing_base: float | None = None
     temperature: float = 0.15
     max_layer_sparsity: float = 0.8
     entropic_reg: float | None = None
-    cost: str = "l2"
+    cost: str = field(default="l2", metadata={"choices": COSTS})
     sinkhorn_iters: int = 1000
     sinkhorn_tol: float = 1e-9
-    targets: str = "norm"
-    target_marginal: str = "uniform"
+    targets: str = field(default="norm", metadata={"choices": TARGET_INITS})
+    target_marginal: str = field(default="uniform", metadata={"choices": TARGET_MARGINALS})
     target_seed: int = 0
-    where: str = "residual"
+    where: str = field(default="residual", metadata={"choices": WHERE})
     prune_only: bool = False
 
     method = "dotresize"

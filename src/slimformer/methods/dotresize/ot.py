@@ -39,11 +39,10 @@ from dataclasses import dataclass
 
 import torch
 
-logger = logging.getLogger("slimformer.methods.dotresize.ot")
+# torch-free vocabularies (the config and the CLI use them)
+from ...validate import COSTS, TARGET_INITS, TARGET_MARGINALS
 
-COSTS = ("l2", "sqeuclidean")
-TARGET_INITS = ("norm", "spread", "random")
-TARGET_MARGINALS = ("uniform", "nearest")
+logger = logging.getLogger("slimformer.methods.dotresize.ot")
 
 
 def _ot():

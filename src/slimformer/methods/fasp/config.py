@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...core.structures import ATTENTION_MODES
-from ...schedule import check_budget, check_int, make_schedule, schedule_names
+from ...validate import ATTENTION_MODES, GRAM_DTYPES, SCHEDULE_NAMES, check_budget, check_int, check_schedule
 
 
 #: the ``Attributes:`` entries every pruning config shares (appended to each docstring,
@@ -38,11 +37,11 @@ class PruningConfig:
 
     sparsity: float | None = None
     target_params: float | None = None
-    attention: str = "channels"
-    schedule: str = "uniform"
+    attention: str = field(default="channels", metadata={"choices": ATTENTION_MODES})
+    schedule: str = field(default="uniform", metadata={"choices": SCHEDULE_NAMES})
     damping: float = 0.01
     round_to: int = 1
-    gram_dtype: str = "float64"
+    gram_dtype: str = field(default="float64", metadata={"choices": GRAM_DTYPES})
 
     method = ""
 
@@ -51,14 +50,12 @@ class PruningConfig:
             self.method or "pruning", self.sparsity, self.target_params, "fraction of the prunable channels")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
-        if self.schedule not in schedule_names():
-            raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(schedule_names())}")
+        check_schedule(self.schedule)
         if not float(self.damping) >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping!r}")
         self.round_to = check_int("round_to", self.round_to, 1)
-        if self.gram_dtype not in ("float64", "float32"):
-            raise ValueError(f"gram_dtype must be float64 or float32, got {self.gram_dtype!r}")
-        make_schedule(self.schedule)
+        if self.gram_dtype not in GRAM_DTYPES:
+            raise ValueError(f"gram_dtype must be {' or '.join(GRAM_DTYPES)}, got {self.gram_dtype!r}")
 
     @property
     def restores(self) -> bool:

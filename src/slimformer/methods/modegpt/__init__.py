@@ -1,6 +1,8 @@
 """MoDeGPT (Lin et al., ICLR 2025): modular decomposition of each block's matrix pairs."""
 
-from .apply import apply_modegpt
+from ..._lazy import lazy_exports
 from .config import MoDeGPTConfig
+
+__getattr__, __dir__ = lazy_exports(__name__, {"apply_modegpt": ".apply"})  # imports torch: on first use
 
 __all__ = ["MoDeGPTConfig", "apply_modegpt"]

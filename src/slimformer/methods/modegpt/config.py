@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ...schedule import Schedule, check_budget, make_schedule, schedule_names
+from ...validate import SCHEDULE_NAMES, check_budget, check_schedule
+
+if TYPE_CHECKING:
+    from ...schedule import Schedule
 
 MODULES = ("mlp", "qk", "vo")
 
@@ -37,7 +41,7 @@ class MoDeGPTConfig:
     modules: str = "mlp,qk,vo"
     ridge: float = 1e-2
     damping: float = 0.01
-    schedule: str = "global"
+    schedule: str = field(default="global", metadata={"choices": SCHEDULE_NAMES})
     temperature: float = 0.15
     max_layer_sparsity: float = 0.8
 
@@ -54,15 +58,18 @@ class MoDeGPTConfig:
         for name in ("ridge", "damping"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.schedule not in schedule_names():
-            raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(schedule_names())}")
-        self.make_schedule()  # validates temperature / max_layer_sparsity
+        check_schedule(self.schedule)
+        if self.schedule == "global":  # the settings make_schedule() passes on (torch-free check)
+            check_schedule(self.schedule, temperature=self.temperature, max_layer_sparsity=self.max_layer_sparsity)
 
     @property
     def module_set(self) -> frozenset[str]:
         return frozenset(self.modules.split(","))
 
     def make_schedule(self) -> Schedule:
+        """The :class:`slimformer.schedule.Schedule` these settings describe."""
+        from ...schedule import make_schedule
+
         if self.schedule == "global":
             return make_schedule("global", temperature=self.temperature, max_layer_sparsity=self.max_layer_sparsity)
         return make_schedule(self.schedule)

@@ -1,8 +1,14 @@
 """PruneNet (Sengupta et al., ICLR 2025): calibration-free FFN pruning with a learned, reusable policy."""
 
-from .apply import apply_prunenet
+from ..._lazy import lazy_exports
 from .config import PruneNetConfig
-from .policy import Policy, ks_distance, load_policy, save_policy, spectrum_reward, train_policy
+
+# everything but the config imports torch: loaded on first use
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "apply_prunenet": ".apply",
+    **{n: ".policy" for n in ("Policy", "ks_distance", "load_policy", "save_policy", "spectrum_reward",
+                              "train_policy")},
+})
 
 __all__ = ["Policy", "PruneNetConfig", "apply_prunenet", "ks_distance", "load_policy", "save_policy",
            "spectrum_reward", "train_policy"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...schedule import _check_fraction, check_int
+from ...validate import check_fraction, check_int
 from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
 
 
@@ -13,10 +13,10 @@ from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
 class PruneNetConfig(PruningConfig):
     attention: str = "none"
     episodes: int = 60
-    lr: float = 1e-2
+    lr: float = field(default=1e-2, metadata={"option": "learning_rate", "aliases": ("lr",)})
     gamma: float = 0.99
     policy_hidden: int = 64
-    samples: int = 4
+    samples: int = field(default=4, metadata={"option": "policy_samples", "aliases": ("samples",)})
     train_sparsity: float | None = None
     policy: str | None = None
     prune_seed: int = 0
@@ -41,7 +41,7 @@ class PruneNetConfig(PruningConfig):
         if not 0.0 < float(self.gamma) <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if self.train_sparsity is not None:
-            self.train_sparsity = _check_fraction("train_sparsity", self.train_sparsity, allow_zero=False)
+            self.train_sparsity = check_fraction("train_sparsity", self.train_sparsity, allow_zero=False)
         if self.policy is not None and not Path(self.policy).is_file():
             raise FileNotFoundError(f"policy file {self.policy} does not exist (it is the policy.safetensors "
                                     "written next to a model compressed with --method prunenet)")

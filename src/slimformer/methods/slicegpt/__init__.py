@@ -1,6 +1,8 @@
 """SliceGPT (Ashkboos et al., ICLR 2024): PCA rotation of the residual stream + slicing."""
 
-from .apply import apply_slicegpt
+from ..._lazy import lazy_exports
 from .config import SliceGPTConfig
+
+__getattr__, __dir__ = lazy_exports(__name__, {"apply_slicegpt": ".apply"})  # imports torch: on first use
 
 __all__ = ["SliceGPTConfig", "apply_slicegpt"]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ...schedule import DEFAULT_BASE_RATIO, Schedule, _check_fraction, check_budget, check_int, make_schedule, schedule_names
+from ...validate import DEFAULT_BASE_RATIO, SCHEDULE_NAMES, check_budget, check_fraction, check_int, check_schedule
+
+if TYPE_CHECKING:
+    from ...schedule import Schedule
 
 #: ``round_to`` when none is given: SliceGPT's multiple of 8 for the uniform schedule
 #: driven by ``sparsity``; single dimensions otherwise (see :meth:`SliceGPTConfig.resolved_round_to`).
@@ -46,7 +50,7 @@ class SliceGPTConfig:
     round_to: int | None = None
     damping: float = 0.01
     slice_head: bool = False
-    schedule: str = "uniform"
+    schedule: str = field(default="uniform", metadata={"choices": SCHEDULE_NAMES})
     slicing_base: float | None = None
     temperature: float = 0.15
     max_layer_sparsity: float = 0.8
@@ -61,23 +65,25 @@ class SliceGPTConfig:
             self.round_to = check_int("round_to", self.round_to, 1)
         if not float(self.damping) >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping!r}")
-        if self.schedule not in schedule_names():
-            raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(schedule_names())}")
+        check_schedule(self.schedule)
         if self.slicing_base is not None:
             if self.schedule != "layer-redundancy":
                 raise ValueError(f"slicing_base only applies to schedule 'layer-redundancy', not {self.schedule!r}")
-            self.slicing_base = _check_fraction("slicing_base", self.slicing_base)
+            self.slicing_base = check_fraction("slicing_base", self.slicing_base)
             if self.sparsity is not None and self.slicing_base > self.sparsity:
                 raise ValueError(
                     f"slicing_base {self.slicing_base} must not exceed sparsity {self.sparsity} "
                     "(the most important layer cannot be sliced more than the mean)"
                 )
-        self.make_schedule()  # validates temperature / max_layer_sparsity
+        if self.schedule == "global":  # the settings make_schedule() passes on (torch-free check)
+            check_schedule(self.schedule, temperature=self.temperature, max_layer_sparsity=self.max_layer_sparsity)
         if self.schedule == "global" and self.sparsity is not None and self.sparsity > self.max_layer_sparsity:
             raise ValueError(f"sparsity {self.sparsity} exceeds max_layer_sparsity {self.max_layer_sparsity}")
 
     def make_schedule(self) -> Schedule:
         """The :class:`slimformer.schedule.Schedule` these settings describe."""
+        from ...schedule import make_schedule
+
         if self.schedule == "layer-redundancy":
             return make_schedule(self.schedule, slicing_base=self.slicing_base)
         if self.schedule == "global":

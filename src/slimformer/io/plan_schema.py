@@ -1,0 +1,547 @@
+"""Schema of the ``"slimformer"`` config section, checked before anything is built.
+
+This file imports only the Python standard library: ``slimformer info`` validates a
+saved model without importing torch, and the file is copied next to every saved
+model together with ``modeling_slimformer.py`` (which imports it relatively), so a
+model loaded through ``trust_remote_code`` without slimformer installed is checked
+by the same code.
+
+What is checked, in this order (each failure is one :class:`SlimformerFormatError`
+naming the key and what to do):
+
+* ``config.json`` is a JSON object (:func:`read_config_json`);
+* the section is a JSON object with a supported ``format_version`` and a ``plan``;
+* every plan key has the right type and a sane range, ``architecture`` is one of
+  :data:`ALLOWED_ARCHITECTURES` (it names the transformers class that is built);
+* the plan agrees with the base config (``num_hidden_layers`` blocks, ``hidden_size``
+  residual width, ``model_type``);
+* with the safetensors header shapes: the weights hold exactly the plan's layers and
+  every tensor the plan describes has the plan's shape (:func:`validate_plan`);
+* ``weights_sha256`` (optional): the sha256 of every weight file recorded at save time
+  (:func:`check_weights_sha256` streams the files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from typing import Any, Iterable, Mapping
+
+SUPPORTED_FORMAT_VERSIONS = (1,)
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+#: transformers classes a plan may name (the ``*ForCausalLM`` class of each supported family)
+#: -> the ``model_type`` of that family. ``tests/test_saved_validation.py`` checks that every
+#: family adapter's class is listed, so a new family cannot be forgotten here.
+ALLOWED_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "OPTForCausalLM": "opt",
+    "PhiForCausalLM": "phi",
+}
+
+#: activation names a fused block without an MLP module may use (``modeling_slimformer.ACTIVATIONS``)
+ACTIVATION_NAMES = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
+
+#: plan field -> (plan path keys of the linears it applies to, gather (True) or scatter)
+CHANNEL_SETS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "attn_in_index": (("q", "k", "v"), True),
+    "mlp_in_index": (("gate", "up"), True),
+    "attn_out_index": (("o",), False),
+    "mlp_out_index": (("down",), False),
+}
+
+#: sane upper bounds: far above any real model, far below what exhausts memory
+MAX_WIDTH = 1 << 22
+MAX_LAYERS = 4096
+#: bytes read at a time when hashing a weight file
+HASH_CHUNK_BYTES = 8 * 2**20
+
+_FIX = "the saved config.json is corrupt or was edited: restore it from the original save, or save the model again"
+_PATH_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+)$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_PLAN_PATHS_REQUIRED = ("layers", "embed", "final_norm", "head", "q", "k", "v", "o", "up", "down")
+_PLAN_PATHS_OPTIONAL = ("gate", "pos_embed")
+_BLOCK_HEAD_FIELDS = ("n_heads", "n_kv_heads", "head_dim", "qk_head_dim", "v_head_dim")
+
+
+class SlimformerFormatError(ValueError):
+    """A saved compressed model is missing, corrupt, or of an unsupported format."""
+
+
+# ----------------------------------------------------------------------------------
+# small checkers
+# ----------------------------------------------------------------------------------
+
+
+def _bad(key: str, problem: str) -> SlimformerFormatError:
+    return SlimformerFormatError(f"config.json: slimformer.{key} {problem}; {_FIX}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(key: str, value: Any, lo: int, hi: int, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not _is_int(value) or not lo <= value <= hi:
+        what = "an integer" + (" or null" if none_ok else "")
+        raise _bad(key, f"must be {what} in [{lo}, {hi}], found {_short(value)}")
+
+
+def _bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _bad(key, f"must be true or false, found {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _module_path(key: str, value: Any, none_ok: bool = False) -> None:
+    """A dotted attribute path (``self_attn.q_proj``): identifiers or list indices, no dunders."""
+    if value is None and none_ok:
+        return
+    if not (isinstance(value, str) and value and all(_PATH_PART.match(p) and not p.startswith("__")
+                                                     for p in value.split("."))):
+        raise _bad(key, f"must be a dotted module path such as 'self_attn.q_proj', found {_short(value)}")
+
+
+def _require(where: str, data: Mapping[str, Any], keys: Iterable[str]) -> None:
+    for k in keys:
+        if k not in data:
+            raise _bad(f"{where}.{k}", "is missing")
+
+
+# ----------------------------------------------------------------------------------
+# config.json and the section
+# ----------------------------------------------------------------------------------
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """``path/config.json`` as a dict; SlimformerFormatError when missing, not JSON or not an object."""
+    cfg = os.path.join(os.fspath(path), "config.json")
+    if not os.path.isfile(cfg):
+        raise SlimformerFormatError(f"{path} has no config.json: not a saved model directory")
+    try:
+        with open(cfg, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too deep/long
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SlimformerFormatError(f"{cfg} is not valid JSON ({first}); restore config.json from the original save")
+    if not isinstance(data, dict):
+        raise SlimformerFormatError(f"{cfg} must hold a JSON object, found a JSON {type(data).__name__}; "
+                                    "restore config.json from the original save")
+    return data
+
+
+def validate_section(
+    section: Any,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    base_config: Mapping[str, Any] | None = None,
+) -> None:
+    """Check a whole ``"slimformer"`` section before anything is built.
+
+    Args:
+        section: the parsed ``"slimformer"`` value of ``config.json``.
+        shapes: tensor name -> shape from the safetensors headers; when given, the
+            plan must describe exactly these tensors (so a config claiming more layers
+            than the weights hold is refused before building anything).
+        base_config: the whole parsed ``config.json``; when given, the plan must agree
+            with its ``num_hidden_layers``, ``hidden_size`` and ``model_type``.
+
+    Raises:
+        SlimformerFormatError: one line naming the key and what to do.
+    """
+    if section is not None and not isinstance(section, dict):
+        raise SlimformerFormatError(f"config.json: 'slimformer' must be a JSON object, found a JSON "
+                                    f"{type(section).__name__}; restore config.json from the original save")
+    if section is None or ("plan" not in section and "format_version" not in section):
+        raise SlimformerFormatError("config.json has no valid 'slimformer' section: not a slimformer model")
+    version = section.get("format_version")
+    if not _is_int(version) or version not in SUPPORTED_FORMAT_VERSIONS:
+        raise SlimformerFormatError(
+            f"slimformer format_version {version!r} is not supported by this loader "
+            f"(supports {list(SUPPORTED_FORMAT_VERSIONS)}); upgrade slimformer"
+        )
+    for key in ("plain",):
+        if key in section:
+            _bool(key, section[key])
+    if "weights_sha256" in section:
+        _validate_hashes(section["weights_sha256"])
+    plan = section.get("plan")
+    if not isinstance(plan, dict):
+        raise _bad("plan", f"must be a JSON object, found {_short(plan)}")
+    validate_plan_schema(plan)
+    if base_config is not None:
+        _validate_base_config(plan, base_config)
+    if shapes is not None:
+        validate_against_header(plan, shapes)
+
+
+def _validate_hashes(hashes: Any) -> None:
+    if not isinstance(hashes, dict):
+        raise _bad("weights_sha256", f"must map weight file names to sha256 hex digests, found {_short(hashes)}")
+    for name, digest in hashes.items():
+        if not _plain_file_name(name):
+            raise _bad("weights_sha256", f"names {_short(name)}, which is not a plain file name")
+        if not (isinstance(digest, str) and _HEX64.match(digest)):
+            raise _bad(f"weights_sha256.{name}", f"must be 64 lowercase hex digits, found {_short(digest)}")
+
+
+def _plain_file_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name and "\\" not in name
+
+
+def validate_plan_schema(plan: dict[str, Any]) -> None:
+    """Types, ranges and internal consistency of a plan (no weights, no base config needed)."""
+    _require("plan", plan, ("architecture", "model_type", "full_width", "embed_width", "head_width", "head_bias",
+                            "norm_eps", "layout", "paths", "blocks"))
+    arch = plan["architecture"]
+    if not isinstance(arch, str) or arch not in ALLOWED_ARCHITECTURES:
+        raise SlimformerFormatError(
+            f"config.json: slimformer.plan.architecture {_short(arch)} is not a supported transformers class "
+            f"(one of {', '.join(sorted(ALLOWED_ARCHITECTURES))}); {_FIX}")
+    if plan["model_type"] != ALLOWED_ARCHITECTURES[arch]:
+        raise _bad("plan.model_type", f"{_short(plan['model_type'])} does not match architecture {arch} "
+                                      f"(model_type {ALLOWED_ARCHITECTURES[arch]!r})")
+    _int("plan.full_width", plan["full_width"], 1, MAX_WIDTH)
+    d = plan["full_width"]
+    _int("plan.embed_width", plan["embed_width"], 1, d)
+    _int("plan.head_width", plan["head_width"], 1, d)
+    _bool("plan.head_bias", plan["head_bias"])
+    for key in ("fused", "tied_head"):
+        if key in plan:
+            _bool(f"plan.{key}", plan[key])
+    if "format_version" in plan:
+        _int("plan.format_version", plan["format_version"], 1, max(SUPPORTED_FORMAT_VERSIONS))
+    eps = plan["norm_eps"]
+    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and 0 < eps < 1):
+        raise _bad("plan.norm_eps", f"must be a positive finite number below 1, found {_short(eps)}")
+    fused = plan.get("fused", True)
+    _validate_layout(plan["layout"], fused)
+    _validate_paths(plan["paths"])
+    blocks = plan["blocks"]
+    if not isinstance(blocks, list) or not blocks:
+        raise _bad("plan.blocks", f"must be a non-empty list of blocks, found {_short(blocks)}")
+    if len(blocks) > MAX_LAYERS:
+        raise _bad("plan.blocks", f"lists {len(blocks)} blocks, more than the sane maximum {MAX_LAYERS}")
+    parallel = plan["layout"].get("mlp_norm") is None
+    for i, bp in enumerate(blocks):
+        _validate_block(i, bp, plan, parallel)
+
+
+def _validate_layout(layout: Any, fused: bool) -> None:
+    if not isinstance(layout, dict):
+        raise _bad("plan.layout", f"must be a JSON object, found {_short(layout)}")
+    _require("plan.layout", layout, ("attn_norm", "attn", "mlp_norm"))
+    _module_path("plan.layout.attn_norm", layout["attn_norm"])
+    _module_path("plan.layout.attn", layout["attn"])
+    _module_path("plan.layout.mlp_norm", layout["mlp_norm"], none_ok=True)
+    if layout.get("mlp") is not None:
+        _module_path("plan.layout.mlp", layout["mlp"])
+        return
+    _require("plan.layout", layout, ("fc_in", "fc_out", "act"))
+    _module_path("plan.layout.fc_in", layout["fc_in"])
+    _module_path("plan.layout.fc_out", layout["fc_out"])
+    if fused and layout["act"] not in ACTIVATION_NAMES:
+        raise _bad("plan.layout.act", f"must be one of {', '.join(ACTIVATION_NAMES)}, found {_short(layout['act'])}")
+
+
+def _validate_paths(paths: Any) -> None:
+    if not isinstance(paths, dict):
+        raise _bad("plan.paths", f"must be a JSON object, found {_short(paths)}")
+    _require("plan.paths", paths, _PLAN_PATHS_REQUIRED)
+    for key in _PLAN_PATHS_REQUIRED:
+        _module_path(f"plan.paths.{key}", paths[key])
+    for key in _PLAN_PATHS_OPTIONAL:
+        _module_path(f"plan.paths.{key}", paths.get(key), none_ok=True)
+
+
+def _validate_block(i: int, bp: Any, plan: dict[str, Any], parallel: bool) -> None:
+    where = f"plan.blocks[{i}]"
+    if not isinstance(bp, dict):
+        raise _bad(where, f"must be a JSON object, found {_short(bp)}")
+    _require(where, bp, ("d_in", "d_mid", "d_out", "attn_shortcut", "mlp_shortcut", "q_out", "k_out", "v_out",
+                         "mlp_width"))
+    d = plan["full_width"]
+    _int(f"{where}.d_in", bp["d_in"], 1, d)
+    _int(f"{where}.d_mid", bp["d_mid"], 1, d, none_ok=True)
+    _int(f"{where}.d_out", bp["d_out"], 1, d)
+    for key in ("q_out", "k_out", "v_out", "mlp_width"):
+        _int(f"{where}.{key}", bp[key], 0, MAX_WIDTH)
+    _bool(f"{where}.attn_shortcut", bp["attn_shortcut"])
+    _bool(f"{where}.mlp_shortcut", bp["mlp_shortcut"])
+    if parallel and bp["d_mid"] is not None:
+        raise _bad(f"{where}.d_mid", "must be null in a parallel block (layout.mlp_norm is null)")
+    if not parallel and bp["d_mid"] is None:
+        raise _bad(f"{where}.d_mid", "must be an integer in a sequential block (layout.mlp_norm is set)")
+    if bp["mlp_shortcut"] and bp["d_mid"] is None:
+        raise _bad(f"{where}.mlp_shortcut", "must be false in a parallel block (it has one shortcut, attn_shortcut)")
+    for key in _BLOCK_HEAD_FIELDS:
+        _int(f"{where}.{key}", bp.get(key), 1, MAX_WIDTH, none_ok=True)
+    if bp.get("n_heads") is not None:
+        _validate_heads(i, bp, None)
+    if _has_channel_sets(bp):
+        _channel_set_widths(i, bp, plan)
+
+
+def _validate_base_config(plan: dict[str, Any], base: Mapping[str, Any]) -> None:
+    """The plan must agree with the base config it is applied to (``config.json`` itself)."""
+    n = base.get("num_hidden_layers")
+    if not _is_int(n):
+        raise SlimformerFormatError(f"config.json: num_hidden_layers must be an integer, found {_short(n)}; {_FIX}")
+    if n != len(plan["blocks"]):  # (the plan's block count is already bounded)
+        raise SlimformerFormatError(f"config.json: num_hidden_layers is {n} but slimformer.plan.blocks lists "
+                                    f"{len(plan['blocks'])} blocks; {_FIX}")
+    if "hidden_size" in base and base["hidden_size"] != plan["full_width"]:
+        raise SlimformerFormatError(f"config.json: hidden_size is {_short(base['hidden_size'])} but "
+                                    f"slimformer.plan.full_width is {plan['full_width']}; {_FIX}")
+    if "model_type" in base and base["model_type"] != plan["model_type"]:
+        raise SlimformerFormatError(f"config.json: model_type is {_short(base['model_type'])} but "
+                                    f"slimformer.plan.model_type is {_short(plan['model_type'])}; {_FIX}")
+    # widths may only shrink: bounded by the base config's attention and MLP sizes (when it states them)
+    heads, kv = base.get("num_attention_heads"), base.get("num_key_value_heads") or base.get("num_attention_heads")
+    hd = base.get("head_dim") or (plan["full_width"] // heads if _is_int(heads) and heads > 0 else None)
+    mlp = base.get("intermediate_size", base.get("ffn_dim"))
+    limits = {}
+    if _is_int(heads) and _is_int(kv) and _is_int(hd):
+        limits.update(q_out=heads * hd, k_out=kv * hd, v_out=kv * hd)
+    if _is_int(mlp):
+        limits["mlp_width"] = mlp
+    for i, bp in enumerate(plan["blocks"]):
+        for key, hi in limits.items():
+            if bp[key] > hi:
+                raise _bad(f"plan.blocks[{i}].{key}", f"is {bp[key]}, more than the base model's {hi} "
+                                                      "(config.json); compression never widens a layer")
+
+
+# ----------------------------------------------------------------------------------
+# the plan against the safetensors header shapes
+# ----------------------------------------------------------------------------------
+
+
+def validate_against_header(plan: dict[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """The weights hold exactly the plan's layers, each tensor with the plan's shape."""
+    prefix = plan["paths"]["layers"] + "."
+    present = set()
+    for key in shapes:
+        if key.startswith(prefix):
+            head = key[len(prefix):].split(".", 1)[0]
+            if head.isdigit():
+                present.add(int(head))
+    n = len(plan["blocks"])
+    if present != set(range(n)):
+        extra = sorted(present - set(range(n)))
+        what = (f"layer {extra[0]} beyond the plan's last block" if extra else
+                f"{len(present)} of its layers (first missing: {min(set(range(n)) - present)})")
+        raise SlimformerFormatError(f"config.json: slimformer.plan.blocks lists {n} blocks but the weights hold {what}; "
+                                    "the config and the weight files do not belong together: restore both from "
+                                    "the original save")
+    validate_plan(plan, shapes)
+
+
+def validate_plan(plan: dict[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Check the plan's widths against the checkpoint's tensor shapes; name the offending tensor."""
+    paths = plan["paths"]
+
+    def expect(key: str, shape: tuple[int, ...]) -> None:
+        if key not in shapes:
+            raise SlimformerFormatError(f"tensor {key} is missing from the checkpoint (truncated or missing shard?)")
+        if tuple(shapes[key]) != tuple(shape):
+            raise SlimformerFormatError(f"tensor {key} has shape {list(shapes[key])}, the plan says {list(shape)}")
+
+    for i, bp in enumerate(plan["blocks"]):
+        pre = f"{paths['layers']}.{i}."
+        after_attn = bp["d_out"] if bp["d_mid"] is None else bp["d_mid"]
+        mlp_in = bp["d_in"] if bp["d_mid"] is None else bp["d_mid"]
+        # widths the linears read / write: the residual widths, or the sizes of the channel subsets
+        w = _channel_set_widths(i, bp, plan) if _has_channel_sets(bp) else {}
+        attn_read, mlp_read = w.get("attn_in_index", bp["d_in"]), w.get("mlp_in_index", mlp_in)
+        o_rows, down_rows = w.get("attn_out_index", after_attn), w.get("mlp_out_index", bp["d_out"])
+        expect(pre + paths["q"] + ".weight", (bp["q_out"], attn_read))
+        expect(pre + paths["k"] + ".weight", (bp["k_out"], attn_read))
+        expect(pre + paths["v"] + ".weight", (bp["v_out"], attn_read))
+        expect(pre + paths["up"] + ".weight", (bp["mlp_width"], mlp_read))
+        expect(pre + paths["down"] + ".weight", (down_rows, bp["mlp_width"]))
+        if paths.get("gate"):
+            expect(pre + paths["gate"] + ".weight", (bp["mlp_width"], mlp_read))
+        o_key = pre + paths["o"] + ".weight"
+        if o_key in shapes and (len(shapes[o_key]) != 2 or shapes[o_key][0] != o_rows):
+            raise SlimformerFormatError(f"tensor {o_key} has shape {list(shapes[o_key])}, the plan says {o_rows} rows")
+        for key, rows in ((pre + paths["o"] + ".bias", o_rows), (pre + paths["down"] + ".bias", down_rows)):
+            if w and key in shapes and tuple(shapes[key]) != (rows,):
+                raise SlimformerFormatError(f"tensor {key} has shape {list(shapes[key])}, the plan says [{rows}]")
+        if bp.get("n_heads") is not None:
+            _validate_heads(i, bp, shapes.get(o_key))
+        if bp["attn_shortcut"]:
+            expect(pre + "attn_shortcut.weight", (after_attn, bp["d_in"]))
+        if bp["mlp_shortcut"]:
+            expect(pre + "mlp_shortcut.weight", (bp["d_out"], bp["d_mid"]))
+    embed = shapes.get(paths["embed"] + ".weight", (0,))
+    expect(paths["embed"] + ".weight", (embed[0], plan["embed_width"]))
+    if not plan.get("tied_head", False):  # a tied head is the embedding, stored once
+        head = shapes.get(paths["head"] + ".weight", (0,))
+        expect(paths["head"] + ".weight", (head[0], plan["head_width"]))
+
+
+def _has_channel_sets(bp: Mapping[str, Any]) -> bool:
+    return any(bp.get(name) is not None for name in CHANNEL_SETS)
+
+
+def _check_channel_index(index: list[int], width: int, what: str) -> None:
+    """Increasing, distinct channel positions in ``[0, width)`` (the runtime's ``channel_index`` rule)."""
+    if any(j < 0 or j >= width for j in index) or any(b <= a for a, b in zip(index, index[1:])):
+        raise ValueError(f"{what} must list increasing, distinct channel positions in [0, {width})")
+
+
+def _channel_set_widths(i: int, bp: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, int]:
+    """Sizes of block ``i``'s residual channel subsets, after checking they are valid index sets
+    of the full-width residual stream (which the block must then keep)."""
+    width = int(plan["full_width"])
+    if plan.get("fused", True) or bp["d_in"] != width or bp["d_out"] != width or bp["d_mid"] not in (None, width):
+        raise SlimformerFormatError(
+            f"block {i}: residual channel subsets need the original blocks with a full-width residual stream "
+            f"(fused=false, d_in = d_mid = d_out = {width}); the plan has fused={plan.get('fused', True)}, "
+            f"d_in={bp['d_in']}, d_mid={bp['d_mid']}, d_out={bp['d_out']}")
+    widths = {}
+    for name in CHANNEL_SETS:
+        index = bp.get(name)
+        if index is None:
+            continue
+        if not (isinstance(index, list) and all(_is_int(j) for j in index)):
+            raise SlimformerFormatError(f"block {i}: {name} must be a list of channel positions")
+        try:
+            _check_channel_index(index, width, name)
+        except ValueError as exc:
+            raise SlimformerFormatError(f"block {i}: corrupt plan: {exc}") from exc
+        widths[name] = len(index)
+    return widths
+
+
+def _validate_heads(i: int, bp: Mapping[str, Any], o_shape: tuple[int, ...] | None) -> None:
+    """Head counts and head dims of block ``i`` must agree with its projection widths."""
+    n_q, n_kv, hd, qk, vd = (bp.get(k) for k in ("n_heads", "n_kv_heads", "head_dim", "qk_head_dim", "v_head_dim"))
+    problems = []
+    if not (_is_int(n_q) and _is_int(n_kv) and n_q >= 1 and n_kv >= 1 and n_q % n_kv == 0):
+        problems.append(f"n_heads={n_q} must be a positive multiple of n_kv_heads={n_kv}")
+    elif not (_is_int(hd) and all(_is_int(x) and 1 <= x <= hd for x in (qk, vd))):
+        problems.append(f"qk_head_dim={qk} and v_head_dim={vd} must be in [1, head_dim={hd}]")
+    else:
+        idx = bp.get("qk_index")
+        if qk != hd and idx is None:
+            problems.append(f"qk_head_dim={qk} < head_dim={hd} needs qk_index (kept q/k channels per kv head)")
+        if idx is not None and not (isinstance(idx, list) and len(idx) == n_kv and all(
+                isinstance(r, list) and len(r) == qk and len(set(r)) == qk
+                and all(_is_int(j) and 0 <= j < hd for j in r) for r in idx)):
+            problems.append(f"qk_index must list {qk} distinct channels in [0, {hd}) for each of {n_kv} kv heads")
+        for name, have, want in (("q", bp["q_out"], n_q * qk), ("k", bp["k_out"], n_kv * qk),
+                                 ("v", bp["v_out"], n_kv * vd)):
+            if have != want:
+                problems.append(f"{name} has {have} outputs, heads x head dim give {want}")
+        if o_shape is not None and (len(o_shape) != 2 or o_shape[1] != n_q * vd):
+            problems.append(f"o reads {list(o_shape)[1:]} channels, n_heads x v_head_dim give {n_q * vd}")
+    if problems:
+        raise SlimformerFormatError(f"block {i}: inconsistent attention shape in the plan: {'; '.join(problems)}")
+
+
+# ----------------------------------------------------------------------------------
+# integrity: sha256 of every weight file
+# ----------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
+    """Hex sha256 of a file, streamed ``chunk_bytes`` at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weight_file_names(directory: str | os.PathLike) -> list[str]:
+    """Names of the weight files of a saved directory: the index's shards, or ``model.safetensors``."""
+    directory = os.fspath(directory)
+    index = os.path.join(directory, WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as fh:
+                names = set(json.load(fh)["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SlimformerFormatError(f"{index} is not a valid safetensors index: {exc}") from exc
+        bad = sorted(repr(n) for n in names if not _plain_file_name(n))
+        if bad:
+            raise SlimformerFormatError(f"{index} names weight file {bad[0]}, which is not a plain file name")
+        return sorted(names)
+    return [WEIGHTS_NAME] if os.path.isfile(os.path.join(directory, WEIGHTS_NAME)) else []
+
+
+def weights_sha256(directory: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, str]:
+    """``{file name: hex sha256}`` of the weight files of ``directory`` (as written)."""
+    names = sorted(weight_file_names(directory) if names is None else names)
+    return dict(zip(names, _hash_files([os.path.join(os.fspath(directory), n) for n in names])))
+
+
+def check_weights_sha256(directory: str | os.PathLike, section: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """Compare the weight files ``names`` with the sha256 recorded at save time.
+
+    Returns the names checked (empty when the section records no checksums: models saved
+    before checksums were recorded still load). Raises SlimformerFormatError naming the
+    file when one is corrupt, missing or was not recorded.
+    """
+    recorded = section.get("weights_sha256")
+    if recorded is None:
+        return []
+    _validate_hashes(recorded)
+    names = sorted(os.path.basename(os.fspath(n)) for n in names)
+    for n in names:
+        if n not in recorded:
+            raise SlimformerFormatError(f"weight file {n} has no checksum in config.json (slimformer.weights_sha256): "
+                                        "the directory was changed after saving; restore it from the original save")
+    gone = sorted(set(recorded) - set(names))
+    if gone:
+        raise SlimformerFormatError(f"weight file {gone[0]} recorded in config.json (slimformer.weights_sha256) is "
+                                    "not among the model's weight files; restore the directory from the original save")
+    paths = [os.path.join(os.fspath(directory), n) for n in names]
+    for path, n, digest in zip(paths, names, _hash_files(paths)):
+        if digest != recorded[n]:
+            raise SlimformerFormatError(f"weight file {path} is corrupt: its sha256 differs from the one recorded "
+                                        "when it was saved; restore it from the original save or save the model again")
+    return names
+
+
+def _hash_files(paths: list[str]) -> list[str]:
+    """sha256 of several files, shards in parallel (hashlib releases the GIL on large buffers)."""
+    workers = min(len(paths), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [file_sha256(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(file_sha256, paths))
+
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "ALLOWED_ARCHITECTURES",
+    "CHANNEL_SETS",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "SlimformerFormatError",
+    "check_weights_sha256",
+    "file_sha256",
+    "read_config_json",
+    "validate_against_header",
+    "validate_plan",
+    "validate_plan_schema",
+    "validate_section",
+    "weight_file_names",
+    "weights_sha256",
+]
