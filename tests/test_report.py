@@ -17,7 +17,7 @@ def test_report_from_compress_eval_and_bench(tmp_path: Path, stories_dir: Path, 
     dense_json, bench_json = tmp_path / "dense.json", tmp_path / "bench.json"
     assert main(["eval", str(stories_dir), "--ppl", str(tinystories_valid), "--seqlen", "128",
                  "--max-tokens", "4096", "--json", str(dense_json), "--no-progress"]) == 0
-    assert main(["bench", str(FIXTURE), "--baseline", str(FIXTURE), "--seqlen", "8", "--new-tokens", "2",
+    assert main(["bench", str(FIXTURE), "--baseline", str(FIXTURE), "--seqlen", "8", "--new-tokens", "8",
                  "--repeats", "1", "--threads", "1", "--json", str(bench_json)]) == 0
     out = tmp_path / "report"
     assert main(["report", str(dense_json), str(bench_json), str(FIXTURE / "slimformer_report.json"),

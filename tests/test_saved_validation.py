@@ -115,9 +115,16 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+#: corruptions also run through the installed ``slimformer`` command in a fresh process
+SUBPROCESS_CASES = ("flipped_bytes",)
+
+
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_corrupt_saved_model_is_refused(name: str, saved: Path, tmp_path: Path) -> None:
+def test_corrupt_saved_model_is_refused(name: str, saved: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
     """The API raises SlimformerFormatError; ``eval`` and ``verify`` print one error line, exit 2."""
+    from slimformer.cli import main
+
     corrupt, fragment = CORRUPTIONS[name]
     bad = _copy(saved, tmp_path / name)
     corrupt(bad)
@@ -131,11 +138,18 @@ def test_corrupt_saved_model_is_refused(name: str, saved: Path, tmp_path: Path) 
     text = shared_path("data", "tinystories", "tinystories_valid_prefix.txt")
     for argv in (["eval", str(bad), "--ppl", str(text), "--seqlen", "64", "--max-tokens", "256", "--no-progress"],
                  ["verify", str(bad)]):
-        proc = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2, (argv[0], proc.stdout, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("slimformer: error:")]
-        assert len(errors) == 1 and fragment in errors[0], (argv[0], proc.stderr[-2000:])
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and "Traceback" not in err, (argv[0], err[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("slimformer: error:") and fragment in lines[0], (argv[0], err)
+        if name in SUBPROCESS_CASES:
+            proc = subprocess.run(CLI + argv, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 2, (argv[0], proc.stdout, proc.stderr[-2000:])
+            assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+            errors = [line for line in proc.stderr.splitlines() if line.strip()]
+            assert len(errors) == 1 and fragment in errors[0], (argv[0], proc.stderr[-2000:])
 
 
 def test_fresh_save_records_checksums_and_verifies(saved: Path) -> None:
@@ -158,12 +172,16 @@ def test_verify_old_fixture_without_checksums() -> None:
     assert proc.stdout.count("\n") == 1
 
 
-def test_verify_refuses_non_slimformer_dirs(tmp_path: Path) -> None:
+def test_verify_refuses_non_slimformer_dirs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from slimformer.cli import main
+
     make_model("llama").save_pretrained(tmp_path / "dense")
     for target in (tmp_path / "dense", tmp_path / "nothing"):
-        proc = subprocess.run(CLI + ["verify", str(target)], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        assert len([x for x in proc.stderr.splitlines() if x.startswith("slimformer: error:")]) == 1
+        capsys.readouterr()
+        assert main(["verify", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("slimformer: error:")
 
 
 def test_sharded_and_offloaded_saves_record_every_shard(tmp_path: Path) -> None:

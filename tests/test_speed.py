@@ -21,7 +21,7 @@ def test_compare_speed_dense_vs_sliced(tmp_path: Path) -> None:
     calib = torch.randint(0, VOCAB, (8, 24), generator=torch.Generator().manual_seed(0))
     sf.compress(sliced, sf.SliceGPTConfig(sparsity=0.5), calib, progress=False)
     res = compare_speed({"dense": dense, "sliced": sliced},
-                        SpeedSettings(batch=2, seqlen=16, new_tokens=4, warmup=1, repeats=2, threads=1))
+                        SpeedSettings(batch=2, seqlen=16, new_tokens=8, warmup=1, repeats=2, threads=1))
     for r in res["models"].values():
         for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_ms_per_token"):
             s = r[key]
@@ -38,10 +38,12 @@ def test_bench_cli_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     fixture = Path(__file__).parent / "fixtures" / "format_v1"
     out = tmp_path / "bench.json"
-    assert main(["bench", str(fixture), "--seqlen", "8", "--new-tokens", "2", "--repeats", "1",
+    assert main(["bench", str(fixture), "--seqlen", "8", "--new-tokens", "8", "--repeats", "1",
                  "--threads", "1", "--json", str(out)]) == 0
     assert "decode" in capsys.readouterr().out and json.loads(out.read_text())["models"]["model"]["params"] > 0
-    assert main(["bench", str(fixture), "--seqlen", "100", "--new-tokens", "2"]) == 2
+    assert main(["bench", str(fixture), "--seqlen", "100", "--new-tokens", "8"]) == 2
     assert "max_position_embeddings" in capsys.readouterr().err
     with pytest.raises(ValueError, match="repeats"):
         SpeedSettings(repeats=0)
+    with pytest.raises(ValueError, match="new_tokens must be >= 8"):  # decode = generate - prefill: too noisy
+        SpeedSettings(new_tokens=2)

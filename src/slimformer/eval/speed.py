@@ -31,6 +31,10 @@ from ..memory import peak_rss_mb
 logger = logging.getLogger("slimformer.eval.speed")
 
 
+#: fewest decoded tokens for a decode rate (decode time is a difference of two timings)
+MIN_NEW_TOKENS = 8
+
+
 @dataclass
 class SpeedSettings:
     """What to measure. ``threads`` fixes torch's intra-op threads (None = leave as is)."""
@@ -49,6 +53,8 @@ class SpeedSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.new_tokens < MIN_NEW_TOKENS:  # decode time is generate - prefill: too few steps measure noise
+            raise ValueError(f"new_tokens must be >= {MIN_NEW_TOKENS} to time decoding, got {self.new_tokens}")
 
 
 def matmul_params(model: nn.Module) -> int:
@@ -77,7 +83,10 @@ def _one_run(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[floa
                    pad_token_id=0, attention_mask=torch.ones_like(ids))
     _sync(device)
     total = time.perf_counter() - t0
-    return prefill, max(total - prefill, 1e-9)
+    if total <= prefill:
+        raise RuntimeError(f"generating {new_tokens} tokens took {total:.4f}s, no longer than the prefill alone "
+                           f"({prefill:.4f}s): the decode time cannot be measured; raise --new-tokens")
+    return prefill, total - prefill
 
 
 def _summary(values: list[float]) -> dict[str, float]:

@@ -458,16 +458,10 @@ def _cache_root() -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from ..io.outputs import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
 
 
 def converted_task_file(task: str, tasks_data: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
