@@ -63,7 +63,8 @@ def _temporaries(root: Path) -> list[Path]:
     return [p for p in root.iterdir() if p.name.startswith(".")]
 
 
-def _start_and_signal(cmd: list[str], root: Path, ready, sig: int, timeout: float = 300.0) -> subprocess.CompletedProcess:
+def _start_and_signal(cmd: list[str], root: Path, ready, sig: int,
+                      timeout: float = 300.0) -> subprocess.CompletedProcess:
     """Start ``cmd``; when ``ready(root)`` holds, stop the process at once, then send ``sig``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ENV)
     t0 = time.monotonic()

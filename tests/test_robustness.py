@@ -174,8 +174,14 @@ def readonly_dir(root: Path):
         yield d
         d.chmod(0o755)
         return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("running as root and cannot mount a read-only tmpfs here")
+    yield from _tmpfs(d, "ro,size=64k", "running as root and cannot mount a read-only tmpfs here")
+
+
+def _tmpfs(d: Path, options: str, why_skip: str):
+    """Mount a tmpfs with ``options`` on ``d`` for the test (skipped where mounting is not permitted)."""
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], capture_output=True).returncode:
+        d.rmdir()
+        pytest.skip(why_skip)
     try:
         yield d
     finally:
@@ -184,7 +190,8 @@ def readonly_dir(root: Path):
 
 def test_readonly_out(root: Path, readonly_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert_refused(root, _compress(root, "--out", str(readonly_dir / "x")), capsys, "cannot write")
-    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(readonly_dir / "x"), "--no-progress"], capsys, "cannot write")
+    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(readonly_dir / "x"), "--no-progress"], capsys,
+                   "cannot write")
     assert_refused(root, ["pack", str(root / "sliced"), str(readonly_dir / "x.sfbb")], capsys, "cannot write")
 
 
@@ -193,18 +200,14 @@ def small_fs(root: Path):
     """A 256 KiB tmpfs under ``root`` (full after a few files); skipped where mounting is not permitted."""
     d = root / "small"
     d.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True).returncode:
-        d.rmdir()
-        pytest.skip("mounting a small tmpfs is not permitted here (the injected-ENOSPC tests still run)")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", str(d)], check=False)
+    yield from _tmpfs(d, "size=256k",
+                      "mounting a small tmpfs is not permitted here (the injected-ENOSPC tests still run)")
 
 
 def test_full_disk_is_refused_before_the_work(root: Path, small_fs: Path, capsys: pytest.CaptureFixture) -> None:
     assert_refused(root, _compress(root, "--out", str(small_fs / "x")), capsys, "not enough free space")
-    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(small_fs / "x"), "--no-progress"], capsys, "not enough free space")
+    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(small_fs / "x"), "--no-progress"], capsys,
+                   "not enough free space")
     assert_refused(root, ["pack", str(root / "sliced"), str(small_fs / "x.sfbb")], capsys, "not enough free space")
 
 
@@ -218,10 +221,12 @@ def test_full_disk_during_write(root: Path, small_fs: Path, capsys: pytest.Captu
     import slimformer.io.bitsback.codec  # noqa: F401  (its lazy imports read the patched module)
 
     assert_refused(root, _compress(root, "--out", str(small_fs / "x")), capsys, "No space left")
-    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(small_fs / "x"), "--no-progress"], capsys, "No space left")
+    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(small_fs / "x"), "--no-progress"], capsys,
+                   "No space left")
     (small_fs / "filler").write_bytes(b"\0" * 200_000)  # the pack file is smaller than the model
     try:
-        assert_refused(root, ["pack", str(root / "sliced"), str(small_fs / "x.sfbb"), "--no-verify", "--no-progress"], capsys,
+        assert_refused(root, ["pack", str(root / "sliced"), str(small_fs / "x.sfbb"), "--no-verify", "--no-progress"],
+                       capsys,
                        "No space left")
     finally:
         (small_fs / "filler").unlink()
@@ -237,7 +242,8 @@ def test_injected_enospc_while_saving(root: Path, capsys: pytest.CaptureFixture,
 
     monkeypatch.setattr(fmt, "save_file", full)
     assert_refused(root, _compress(root, "--out", str(root / "new" / "deeper")), capsys, "No space left")
-    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(root / "unpacked"), "--no-progress"], capsys, "No space left")
+    assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(root / "unpacked"), "--no-progress"], capsys,
+                   "No space left")
 
 
 @pytest.mark.parametrize("cmd", ["eval", "bench", "finetune"])

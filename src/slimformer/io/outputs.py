@@ -359,6 +359,7 @@ def commit_dir(tmp: Path, out: Path) -> None:
 __all__ = [
     "ADAPTER_MARKER", "OutputExistsError", "OutputSpaceError", "check_free_space", "check_json_out",
     "check_not_input", "check_output_dir", "check_output_file", "check_writable", "clean_stale", "commit_dir",
-    "as_output_error", "exchange", "is_slimformer_output", "make_parents", "make_temp_dir", "make_temp_file", "remove_dirs",
+    "as_output_error", "exchange", "is_slimformer_output", "make_parents", "make_temp_dir", "make_temp_file",
+    "remove_dirs",
     "temp_prefix", "write_text_atomic",
 ]
