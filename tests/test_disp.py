@@ -152,14 +152,18 @@ def test_grad_checkpointing_gives_the_same_training() -> None:
     assert "forward" not in vars(adapter.get_layers(model)[0])  # wrappers removed
 
 
-def test_checkpoint_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+def test_checkpoint_resume_equals_uninterrupted_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model, adapter, cfg, ids = _tiny_training("phi", 12, checkpoint_every=5)
     full = train_hypernet(model, adapter, cfg, ids, progress=False)
     cfg.checkpoint = str(tmp_path / "disp.pt")
     part = train_hypernet(model, adapter, cfg, ids, progress=False, stop_after=7)  # "interrupted" after step 7
     assert part.steps == 7 and Path(cfg.checkpoint).exists()
-    resumed = train_hypernet(model, adapter, cfg, ids, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disp.pt"]  # no checkpoint temporaries left
+    with caplog.at_level("WARNING", logger="slimformer"):
+        resumed = train_hypernet(model, adapter, cfg, ids, progress=False)
     assert resumed.resumed_from == 7 and resumed.steps == 12 and len(resumed.history) == 12
+    assert any("resumed from checkpoint" in r.getMessage() and "step 7 of 12" in r.getMessage()
+               for r in caplog.records)  # the CLI shows warnings: a resume is never silent
     for (k, x), y in zip(full.hypernet.state_dict().items(), resumed.hypernet.state_dict().values()):
         assert torch.equal(x, y), k
     other = DISPConfig(**{**cfg.__dict__, "lam": 1.0})

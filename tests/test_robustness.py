@@ -281,6 +281,20 @@ def test_calib_seqlen_beyond_positions(root: Path, capsys: pytest.CaptureFixture
                    "exceed the model's 512 positions")
 
 
+def test_default_calib_seqlen_fits_the_model() -> None:
+    """``--calib-seqlen`` defaults to min(2048, positions): 512 for stories260k, 256 for opt-fixture."""
+    from types import SimpleNamespace
+
+    from slimformer.cli import _calib_seqlen
+
+    assert _calib_seqlen(None, SimpleNamespace(max_position_embeddings=512)) == 512
+    assert _calib_seqlen(None, SimpleNamespace(max_position_embeddings=131072)) == 2048
+    assert _calib_seqlen(None, SimpleNamespace(n_positions=256)) == 256  # GPT-2 style configs
+    assert _calib_seqlen(128, SimpleNamespace(max_position_embeddings=512)) == 128
+    with pytest.raises(ValueError, match="exceed the model's 512 positions"):
+        _calib_seqlen(513, SimpleNamespace(max_position_embeddings=512))
+
+
 def test_opt_calib_seqlen(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """OPT's learned positions: 300 > 256 is refused; the default (min(2048, 256)) works."""
     from conftest import shared_path
