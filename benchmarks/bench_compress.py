@@ -26,7 +26,7 @@ import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 which, two_pass = sys.argv[2], sys.argv[3] == "1"
 import slimformer as sf
-from slimformer.io.modeling_slimformer import SlimBlock
+from slimformer.runtime.modeling_slimformer import SlimBlock
 if two_pass:
     attn, mlp = SlimBlock._attn, SlimBlock._mlp
     SlimBlock._attn = lambda self, h, kw: (attn(self, h, kw), attn(self, h, kw))[1]

@@ -26,7 +26,7 @@ import torch
 
 import slimformer as sf
 from slimformer.io.bitsback import pack, unpack
-from slimformer.io.modeling_slimformer import weight_files
+from slimformer.runtime.modeling_slimformer import weight_files
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import slimformer as sf
 from slimformer.cli import main
 from slimformer.io.bitsback import PackFormatError, decode, pack, unpack
-from slimformer.io.plan_schema import file_sha256
+from slimformer.runtime.plan_schema import file_sha256
 from slimformer.io.bitsback.codec import (
     needed_corrections,
     pop_rotation,

@@ -16,7 +16,7 @@ import slimformer as sf
 from slimformer.arch import get_adapter
 from slimformer.core.plan import ShapePlan, plan_from_model
 from slimformer.io.format import PlainExportError, save_compressed
-from slimformer.io.modeling_slimformer import GatherInLinear, ScatterOutLinear, SlimformerFormatError
+from slimformer.runtime.modeling_slimformer import GatherInLinear, ScatterOutLinear, SlimformerFormatError
 from slimformer.methods.disp.export import export_disp
 from slimformer.methods.disp.masks import (
     BlockMasks,

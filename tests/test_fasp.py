@@ -22,7 +22,7 @@ from slimformer.core.structures import (
     restore_columns,
 )
 from slimformer.io.format import PlainExportError
-from slimformer.io.modeling_slimformer import SlimformerFormatError
+from slimformer.runtime.modeling_slimformer import SlimformerFormatError
 
 from test_saved_format import _remote_code_logits
 from tiny_models import FAMILIES, VOCAB, make_model

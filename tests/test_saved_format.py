@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import slimformer as sf
-from slimformer.io.modeling_slimformer import SlimformerFormatError
+from slimformer.runtime.modeling_slimformer import SlimformerFormatError
 
 from tiny_models import FAMILIES, VOCAB, make_model
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import slimformer as sf
-from slimformer.io.plan_schema import (
+from slimformer.runtime.plan_schema import (
     ALLOWED_ARCHITECTURES,
     SlimformerFormatError,
     file_sha256,
@@ -155,7 +155,7 @@ def test_corrupt_saved_model_is_refused(name: str, saved: Path, tmp_path: Path,
 def test_fresh_save_records_checksums_and_verifies(saved: Path) -> None:
     cfg = json.loads((saved / "config.json").read_text())
     assert cfg["slimformer"]["weights_sha256"] == {"model.safetensors": file_sha256(saved / "model.safetensors")}
-    assert (saved / "plan_schema.py").read_bytes() == (SRC / "slimformer" / "io" / "plan_schema.py").read_bytes()
+    assert (saved / "plan_schema.py").read_bytes() == (SRC / "slimformer" / "runtime" / "plan_schema.py").read_bytes()
     proc = subprocess.run(CLI + ["verify", str(saved), "--load"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout.strip().splitlines()
@@ -186,7 +186,7 @@ def test_verify_refuses_non_slimformer_dirs(tmp_path: Path, capsys: pytest.Captu
 
 def test_sharded_and_offloaded_saves_record_every_shard(tmp_path: Path) -> None:
     from slimformer.io.format import save_compressed
-    from slimformer.io.modeling_slimformer import check_saved
+    from slimformer.runtime.modeling_slimformer import check_saved
 
     result = sf.compress(make_model("llama"), sf.SliceGPTConfig(sparsity=0.25), _calib(), progress=False)
     sharded = save_compressed(result.model, tmp_path / "sharded", result.section, max_shard_bytes=20_000)
@@ -269,8 +269,8 @@ def test_allow_list_covers_every_family() -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from slimformer.arch.families import ALL_ADAPTERS
-    from slimformer.io.modeling_slimformer import ACTIVATIONS
-    from slimformer.io.plan_schema import ACTIVATION_NAMES
+    from slimformer.runtime.modeling_slimformer import ACTIVATIONS
+    from slimformer.runtime.plan_schema import ACTIVATION_NAMES
 
     for adapter in ALL_ADAPTERS:
         for model_type in adapter.model_types:

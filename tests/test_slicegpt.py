@@ -7,7 +7,7 @@ import torch
 
 import slimformer as sf
 from slimformer.arch import get_adapter, get_module
-from slimformer.io.modeling_slimformer import SlimBlock
+from slimformer.runtime.modeling_slimformer import SlimBlock
 
 from tiny_models import FAMILIES, VOCAB, make_model
 

@@ -12,8 +12,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from ._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 _EXPORTS = {
     **{n: ".api" for n in ("CompressionResult", "compress", "compress_offloaded", "count_params", "load_model")},

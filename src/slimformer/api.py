@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .arch import get_adapter
 from .calib.dist import current as dist_current, shard
 from .calib.offload import discard as discard_offloaded, finish as finish_offloaded, open_offloaded, store_of

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from . import __version__
+from ._version import __version__
 from .validate import DTYPE_NAMES
 
 logger = logging.getLogger("slimformer.cli")
@@ -669,7 +669,7 @@ def _add_verify_parser(sub: Any) -> None:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Everything checkable without building (and, with ``--load``, one forward pass); one ``ok:`` line."""
-    from .io.modeling_slimformer import check_saved
+    from .runtime.modeling_slimformer import check_saved
 
     path = Path(args.dir)
     if not path.is_dir():
@@ -694,7 +694,7 @@ def _verify_forward(path: Path, checked: Any, device: str) -> str:
     """Build the checked model (without hashing its files again) and run one short forward pass."""
     import torch
 
-    from .io.modeling_slimformer import load_compressed
+    from .runtime.modeling_slimformer import load_compressed
 
     if checked.section.get("plain"):
         from transformers import AutoModelForCausalLM
@@ -712,7 +712,7 @@ def _verify_forward(path: Path, checked: Any, device: str) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .io.plan_schema import read_config_json, validate_section
+    from .runtime.plan_schema import read_config_json, validate_section
 
     path = Path(args.dir)
     if not path.is_dir():

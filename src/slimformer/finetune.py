@@ -44,7 +44,7 @@ from .data import DataError, TextSource, load_text, tokenize_text
 from .eval.perplexity import PerplexityResult, perplexity
 # the settings and the role names are torch-free (the CLI parser uses them); re-exported here
 from .finetune_config import LINEAR_ROLES, SHORTCUT_ROLES, TARGET_ROLES, FinetuneConfig  # noqa: F401
-from .io.modeling_slimformer import GatherInLinear, ScatterOutLinear
+from .runtime.modeling_slimformer import GatherInLinear, ScatterOutLinear
 
 logger = logging.getLogger("slimformer.finetune")
 

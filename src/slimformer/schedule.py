@@ -312,7 +312,7 @@ def layer_widths_for(
     return fs, ws
 
 
-def _bisect_target(
+def bisect_target(
     build: Callable[[float], SchedulePlan], target: float, lo: float
 ) -> SchedulePlan:
     """Mean slicing whose exact parameter count removes the fraction closest to ``target``.
@@ -399,7 +399,7 @@ def plan_schedule(
     if sparsity is not None:
         return build(sparsity)
     target = _check_fraction("target_params", target_params, allow_zero=False)  # type: ignore[arg-type]
-    plan = _bisect_target(build, target, schedule.min_sparsity())
+    plan = bisect_target(build, target, schedule.min_sparsity())
     logger.info(
         "%s schedule: target %.4f of parameters -> sparsity %.4f removes %.4f",
         schedule.name, target, plan.sparsity, plan.removed_fraction,

@@ -33,7 +33,7 @@ def register_adapter(adapter: ArchAdapter) -> None:
     """Add a family at run time (tests, plugins). Later registrations win.
 
     Saved models are loaded only for the classes in
-    :data:`slimformer.io.plan_schema.ALLOWED_ARCHITECTURES`: a new family adds its
+    :data:`slimformer.runtime.plan_schema.ALLOWED_ARCHITECTURES`: a new family adds its
     ``*ForCausalLM`` class there too."""
     for t in adapter.model_types:
         _REGISTRY[t] = adapter

@@ -15,8 +15,7 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
-from ..io.modeling_slimformer import _get as _runtime_get
-from ..io.modeling_slimformer import _set as _runtime_set
+from ..runtime.modeling_slimformer import module_at, set_module_at
 
 logger = logging.getLogger("slimformer.arch")
 
@@ -26,8 +25,8 @@ class UnsupportedModelError(ValueError):
 
 
 # One implementation of dotted-path access, shared with the self-contained runtime file.
-get_module = _runtime_get
-set_module = _runtime_set
+get_module = module_at
+set_module = set_module_at
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from the already pruned blocks ``< i``), sequential blocks:
 Parallel blocks (Phi-2) read one ``n = norm(x)``: both Grams come from one forward,
 then ``out = x + o'(A[..., S]) + MLP'(n)``. Grams are all-reduced under
 torch.distributed (:class:`slimformer.calib.stats.Covariance`). Block submodules
-are called through a :class:`~slimformer.io.modeling_slimformer.SlimBlock` view of
+are called through a :class:`~slimformer.runtime.modeling_slimformer.SlimBlock` view of
 the Hugging Face block (same modules, the runtime's sublayer code).
 """
 
@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import ArchAdapter, get_module
-from ..io.modeling_slimformer import SlimBlock
+from ..runtime.modeling_slimformer import SlimBlock
 from .runner import BlockInputs, block_on
 from .stats import Covariance
 
@@ -61,7 +61,7 @@ class LayerPruner(Protocol):
         """Prune the MLP of ``block`` given ``G_down: [I, I]`` (``None`` without data)."""
 
 
-def _capture(acc: Covariance, store: list[Any] | None, put: Callable[[torch.Tensor], Any]) -> Callable[..., None]:
+def gram_capture_hook(acc: Covariance, store: list[Any] | None, put: Callable[[torch.Tensor], Any]) -> Callable[..., None]:
     """Forward pre-hook: add the module input to ``acc``; with ``store``, also keep ``put(input)``."""
 
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -119,7 +119,7 @@ class _Pass:
         view = block_view(block, ad, self.model.config)
         o, down = get_module(block, ad.o), get_module(block, ad.down)
         acc_o, cache = Covariance(o.in_features, self.gram_dtype), []
-        handle = o.register_forward_pre_hook(_capture(acc_o, cache, inp.put))
+        handle = o.register_forward_pre_hook(gram_capture_hook(acc_o, cache, inp.put))
         try:
             for x, kw in zip(inp.hidden, inp.kwargs):
                 view._attn(get_module(block, ad.attn_norm)(x.to(dev)), kw)
@@ -135,7 +135,7 @@ class _Pass:
             inp.hidden[b] = None  # type: ignore[assignment]
         acc_d = Covariance(down.in_features, self.gram_dtype)
         mlp_norm = get_module(block, ad.mlp_norm)
-        handle = down.register_forward_pre_hook(_capture(acc_d, None, inp.put))
+        handle = down.register_forward_pre_hook(gram_capture_hook(acc_d, None, inp.put))
         try:
             for h in mids:
                 view._mlp(mlp_norm(h.to(dev)))
@@ -156,8 +156,8 @@ class _Pass:
         norm = get_module(block, ad.attn_norm)
         acc_o, acc_d = Covariance(o.in_features, self.gram_dtype), Covariance(down.in_features, self.gram_dtype)
         cache: list[torch.Tensor] = []
-        handles = [o.register_forward_pre_hook(_capture(acc_o, cache, inp.put)),
-                   down.register_forward_pre_hook(_capture(acc_d, None, inp.put))]
+        handles = [o.register_forward_pre_hook(gram_capture_hook(acc_o, cache, inp.put)),
+                   down.register_forward_pre_hook(gram_capture_hook(acc_d, None, inp.put))]
         try:
             for x, kw in zip(inp.hidden, inp.kwargs):
                 n = norm(x.to(dev))

@@ -60,7 +60,7 @@ class CheckpointSource:
     """
 
     def __init__(self, directory: str | os.PathLike, prefix: str = "model") -> None:
-        from ..io.modeling_slimformer import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, weight_map
+        from ..runtime.modeling_slimformer import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, weight_map
 
         self.directory = Path(directory)
         has_safetensors = (self.directory / WEIGHTS_INDEX_NAME).is_file() or (self.directory / WEIGHTS_NAME).is_file()
@@ -228,7 +228,7 @@ class LayerStore:
         self.activations, self.writer = activations, writer
         self.n_layers = len(adapter.get_layers(model))
         self.prepares: list[Prepare] = []
-        self.fused = False  # norm fusion is registered as a prepare (see slimformer.core.fuse.fuse)
+        self.fused = False  # norm fusion is registered as a prepare (see fuse_model)
         self.weight_map: dict[str, str] = {}
         self.written: set[int] = set()
         self.bytes_written = 0
@@ -291,6 +291,22 @@ def _to_meta(block: nn.Module) -> None:
         for attr, p in list(module._parameters.items()):
             if p is not None and p.device.type != "meta":
                 module._parameters[attr] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+
+
+def fuse_model(model: nn.Module, adapter: ArchAdapter) -> None:
+    """:func:`slimformer.core.fuse.fuse` for in-memory and offloaded models alike: an offloaded
+    model's global tensors are fused now and each block when it is loaded (a prepare step)."""
+    from ..core.fuse import fuse, fuse_block
+
+    store = store_of(model)
+    if store is None:
+        fuse(model, adapter)
+        return
+    if store.fused:
+        return
+    fuse(model, adapter, blocks=False)
+    store.prepares.append(lambda block, _i: fuse_block(block, adapter, model.config))
+    store.fused = True
 
 
 def store_of(model: nn.Module) -> LayerStore | None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_module, set_module
-from ..io.modeling_slimformer import SlimBlock, SlimRMSNorm
+from ..runtime.modeling_slimformer import SlimBlock, SlimRMSNorm
 
 logger = logging.getLogger("slimformer.core.fuse")
 
@@ -132,18 +132,15 @@ def fuse_block(block: nn.Module, adapter: ArchAdapter, config: Any) -> SlimBlock
 
 
 @torch.no_grad()
-def fuse(model: nn.Module, adapter: ArchAdapter) -> None:
+def fuse(model: nn.Module, adapter: ArchAdapter, blocks: bool = True) -> None:
     """Bring ``model`` into slim form in place (exact up to float rounding).
 
     Steps: untie the head; for LayerNorm families centre the embeddings;
-    :func:`fuse_block` every decoder block; fold the final norm into the head.
-    For an offloaded model (:mod:`slimformer.calib.offload`) the blocks are not in
-    memory: :func:`fuse_block` is registered to run on each block when it is loaded.
+    :func:`fuse_block` every decoder block (``blocks=False`` leaves them to the caller,
+    e.g. an offloaded model fuses each block when it is loaded:
+    :func:`slimformer.calib.offload.fuse_model`); fold the final norm into the head.
     """
-    from ..calib.offload import store_of
-
-    store = store_of(model)
-    if is_slim(model, adapter) or (store is not None and store.fused):
+    if is_slim(model, adapter):
         return
     d = model.config.hidden_size
     untie_head(model, adapter)
@@ -152,12 +149,9 @@ def fuse(model: nn.Module, adapter: ArchAdapter) -> None:
         if adapter.pos_embed is not None:
             center_embedding(get_module(model, adapter.pos_embed))
     layers = adapter.get_layers(model)
-    if store is None:
+    if blocks:
         for i, block in enumerate(layers):
             layers[i] = fuse_block(block, adapter, model.config)
-    else:
-        store.prepares.append(lambda block, _i: fuse_block(block, adapter, model.config))
-        store.fused = True
     fold_norm_into_readers(get_module(model, adapter.final_norm), model, [adapter.head])
     _replace_norm(model, adapter.final_norm, d)
     logger.info("fused norms of %d blocks (%s, %s norm)", len(layers), adapter.name, adapter.norm_kind)

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..arch import ArchAdapter, get_module
-from ..io.modeling_slimformer import CHANNEL_SETS
+from ..runtime.modeling_slimformer import CHANNEL_SETS
 from .fuse import is_slim, norm_eps
 
 FORMAT_VERSION = 1
@@ -34,9 +34,9 @@ class BlockPlan:
     reshapes with (the base config's), ``qk_head_dim`` the q/k channels kept per
     head (== ``head_dim`` until a method cuts q/k) and ``v_head_dim`` the value
     channels kept per head (``<= head_dim``; see
-    :class:`slimformer.io.modeling_slimformer.HeadPadOutLinear`); ``qk_index`` the kept
+    :class:`slimformer.runtime.modeling_slimformer.HeadPadOutLinear`); ``qk_index`` the kept
     q/k channel positions per kv head when ``qk_head_dim < head_dim`` (MoDeGPT; see
-    :class:`slimformer.io.modeling_slimformer.HeadScatterOutLinear`).
+    :class:`slimformer.runtime.modeling_slimformer.HeadScatterOutLinear`).
 
     Residual channel subsets (DISP-LLM; defaults ``None`` = the whole residual stream, so
     older plans still load): the block keeps the original HF modules and a full-width
@@ -44,7 +44,7 @@ class BlockPlan:
     channels ``attn_in_index`` (q, k, v) and writes only ``attn_out_index`` (o); the MLP
     reads ``mlp_in_index`` (gate/up, fc1) and writes ``mlp_out_index`` (down, fc2). Each is
     a sorted list of distinct positions in ``[0, full_width)`` (see
-    :class:`slimformer.io.modeling_slimformer.GatherInLinear` / ``ScatterOutLinear``).
+    :class:`slimformer.runtime.modeling_slimformer.GatherInLinear` / ``ScatterOutLinear``).
     """
 
     d_in: int

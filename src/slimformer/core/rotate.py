@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..io.modeling_slimformer import SlimRMSNorm, make_shortcut
+from ..runtime.modeling_slimformer import SlimRMSNorm, make_shortcut
 
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:

@@ -16,7 +16,7 @@ module names):
   number ``k`` of value channels (the attention code needs one value head dim per
   layer); which ``k`` may differ per head. Kept channels are moved to the front of
   each head, so the saved model needs no index sets (the runtime zero-pads values
-  to ``head_dim``: :class:`slimformer.io.modeling_slimformer.HeadPadOutLinear`).
+  to ``head_dim``: :class:`slimformer.runtime.modeling_slimformer.HeadPadOutLinear`).
 * **Head group** ``g``: kv head ``g`` with all its query heads: their rows of
   q, k, v and the matching columns of o. Whole GQA groups go, so the number of
   query heads per kv head never changes.
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_module
-from ..io.modeling_slimformer import _attn_relative, set_attention_heads
+from ..runtime.modeling_slimformer import attn_relative, set_attention_heads
 from ..validate import ATTENTION_MODES  # noqa: F401  (torch-free, for the method configs and the CLI)
 from .plan import config_head_dim
 from .shrink import keep_inputs, keep_mlp_channels, keep_outputs
@@ -297,5 +297,5 @@ def prune_block(block: nn.Module, adapter: ArchAdapter, config: Any, keep: Block
     if keep.o_weight is not None:
         _set_weight(o, keep.o_weight)
     attn = get_module(block, adapter.attn)
-    set_attention_heads(attn, _attn_relative(adapter.v, adapter.attn), _attn_relative(adapter.o, adapter.attn),
+    set_attention_heads(attn, attn_relative(adapter.v, adapter.attn), attn_relative(adapter.o, adapter.attn),
                         n_heads, shape.head_dim, v_hd)

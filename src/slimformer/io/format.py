@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..core.plan import FORMAT_VERSION
-from . import modeling_slimformer as runtime
-from . import plan_schema
-from .modeling_slimformer import SlimformerFormatError, load_compressed
+from ..runtime import modeling_slimformer as runtime
+from ..runtime import plan_schema
+from ..runtime.modeling_slimformer import SlimformerFormatError, load_compressed
 from .inputs import check_checkpoint_files
 from .outputs import (OutputExistsError, as_output_error, check_output_dir, commit_dir, make_parents, make_temp_dir,
                       remove_dirs)

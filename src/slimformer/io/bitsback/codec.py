@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..modeling_slimformer import WEIGHTS_INDEX_NAME, SlimformerFormatError, weight_files
+from ...runtime.modeling_slimformer import WEIGHTS_INDEX_NAME, SlimformerFormatError, weight_files
 from . import floatcode as fc
 from .groups import Group, Member, rotation_groups
 from .rotation import (
@@ -518,7 +518,7 @@ def check_same_function(src: Path, stored: dict[str, torch.Tensor]) -> float:
 
 
 def _version() -> str:
-    from ... import __version__
+    from ..._version import __version__
 
     return __version__
 

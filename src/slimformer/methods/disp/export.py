@@ -2,8 +2,8 @@
 
 After :func:`export_disp` every decoder block is still the original Hugging Face
 block with its full-width norms and residual stream ``[.., d]``; only its linears
-change (see :class:`slimformer.io.modeling_slimformer.GatherInLinear` /
-:class:`~slimformer.io.modeling_slimformer.ScatterOutLinear`):
+change (see :class:`slimformer.runtime.modeling_slimformer.GatherInLinear` /
+:class:`~slimformer.runtime.modeling_slimformer.ScatterOutLinear`):
 
 * attention readers (q, k, v) keep the columns ``attn_in`` and gather those channels;
 * o keeps the rows (and bias entries) ``attn_out`` and scatters into them;
@@ -36,7 +36,7 @@ from torch import nn
 from ...arch import ArchAdapter, get_module, set_module
 from ...core.fuse import is_slim
 from ...core.shrink import keep_inputs, keep_mlp_channels, keep_outputs
-from ...io.modeling_slimformer import channel_wrapped
+from ...runtime.modeling_slimformer import channel_wrapped
 from .masks import MASK_KINDS, BlockMasks, block_shapes, check_masks
 
 logger = logging.getLogger("slimformer.methods.disp")

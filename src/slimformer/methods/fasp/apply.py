@@ -48,7 +48,7 @@ from ...core.structures import (
     restore_columns,
     top_k,
 )
-from ...schedule import Schedule, _bisect_target, make_schedule, width_from_fraction
+from ...schedule import Schedule, bisect_target, make_schedule, width_from_fraction
 from ..base import Runtime
 from .config import FASPConfig, PruningConfig
 from .score import WandaScorer
@@ -127,7 +127,7 @@ def plan_counts(model: nn.Module, adapter: ArchAdapter, config: PruningConfig, s
 
     if config.sparsity is not None:
         return build(config.sparsity)
-    plan = _bisect_target(build, float(config.target_params), schedule.min_sparsity())  # type: ignore[arg-type]
+    plan = bisect_target(build, float(config.target_params), schedule.min_sparsity())  # type: ignore[arg-type]
     logger.info("target %.4f of parameters -> sparsity %.4f removes %.4f",
                 config.target_params, plan.sparsity, plan.removed_fraction)
     return plan

@@ -15,7 +15,7 @@ Parallel blocks (Phi-2) read one ``n`` for both sublayers.
 The model keeps its Hugging Face blocks (no norm fusion, ``fused: false`` in the plan):
 MLP width is an ordinary linear shape; value heads shrink through the runtime's
 head-padding linears and q/k head dims through
-:class:`~slimformer.io.modeling_slimformer.HeadScatterOutLinear` (kept RoPE channels
+:class:`~slimformer.runtime.modeling_slimformer.HeadScatterOutLinear` (kept RoPE channels
 scattered back to their positions, so the installed attention code runs unchanged).
 
 Choices the paper leaves open (METHODS.md), recorded here: ridge ``1e-2 * mean(diag C)``;
@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...arch import ArchAdapter, get_module
-from ...calib.grams import _capture, block_view
+from ...calib.grams import gram_capture_hook, block_view
 from ...calib.runner import BlockInputs, block_on, capture_block_inputs
 from ...calib.scores import block_scores
 from ...calib.stats import Covariance
@@ -56,8 +56,8 @@ from ...core.structures import (
     restore_columns,
     top_k,
 )
-from ...io.modeling_slimformer import _attn_relative, set_attention_heads, set_qk_dims
-from ...schedule import Schedule, _bisect_target, width_from_fraction
+from ...runtime.modeling_slimformer import attn_relative, set_attention_heads, set_qk_dims
+from ...schedule import Schedule, bisect_target, width_from_fraction
 from ..base import Runtime
 from ..fasp.apply import PrunePlan
 from .config import MoDeGPTConfig
@@ -129,7 +129,7 @@ def plan_counts(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig, s
 
     if config.sparsity is not None:
         return build(config.sparsity)
-    plan = _bisect_target(build, float(config.target_params), schedule.min_sparsity())  # type: ignore[arg-type]
+    plan = bisect_target(build, float(config.target_params), schedule.min_sparsity())  # type: ignore[arg-type]
     logger.info("target %.4f of parameters -> mean fraction %.4f removes %.4f",
                 config.target_params, plan.sparsity, plan.removed_fraction)
     return plan
@@ -173,7 +173,7 @@ def compress_vo(block: nn.Module, adapter: ArchAdapter, config: Any, G_x: torch.
     _replace(v, torch.cat(new_v), torch.cat(new_vb) if v.bias is not None else None)
     _replace(o, torch.cat(new_o, dim=1), o.bias)  # type: ignore[arg-type]
     attn = get_module(block, adapter.attn)
-    set_attention_heads(attn, _attn_relative(adapter.v, adapter.attn), _attn_relative(adapter.o, adapter.attn),
+    set_attention_heads(attn, attn_relative(adapter.v, adapter.attn), attn_relative(adapter.o, adapter.attn),
                         shape.n_heads, hd, k)
     return errors
 
@@ -210,7 +210,7 @@ def compress_qk(block: nn.Module, adapter: ArchAdapter, config: Any, G_x: torch.
     keep_outputs(q, q_rows)
     keep_outputs(kproj, k_rows)
     attn = get_module(block, adapter.attn)
-    set_qk_dims(attn, _attn_relative(adapter.q, adapter.attn), _attn_relative(adapter.k, adapter.attn), hd,
+    set_qk_dims(attn, attn_relative(adapter.q, adapter.attn), attn_relative(adapter.k, adapter.attn), hd,
                 kv_index, n_rep)
     return kv_index
 
@@ -278,7 +278,7 @@ class _Compressor:
         rec = self.attention(li, block, acc_x.value())
         down = get_module(block, ad.down)
         acc_h, cache = Covariance(down.in_features), []
-        handle = down.register_forward_pre_hook(_capture(acc_h, cache, inp.put))
+        handle = down.register_forward_pre_hook(gram_capture_hook(acc_h, cache, inp.put))
         mids = []
         try:
             for b, (x, kw) in enumerate(zip(inp.hidden, inp.kwargs)):

@@ -24,7 +24,7 @@ from ...calib.residual import BasisChooser, Point, rotate_and_slice
 from ...calib.runner import capture_block_inputs
 from ...calib.scores import LayerScores, block_scores
 from ...calib.stats import pca_basis
-from ...core.fuse import fuse
+from ...calib.offload import fuse_model
 from ...core.params import ResidualWidths
 from ...schedule import plan_schedule
 from ..base import Runtime
@@ -110,7 +110,7 @@ def slice_residual_stream(
         "%s (%s): d=%d, mean slicing %.4f, layer widths %s",
         label, plan.schedule, d, plan.sparsity, list(plan.layer_widths),
     )
-    fuse(model, adapter)
+    fuse_model(model, adapter)  # offloaded models fuse each block as it is loaded
     inputs = capture_block_inputs(
         model, adapter, calib_ids, runtime.batch_size, runtime.device, runtime.offload_activations
     )

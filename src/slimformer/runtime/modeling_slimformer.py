@@ -256,12 +256,12 @@ def set_qk_dims(attn: nn.Module, q_path: str, k_path: str, head_dim: int, kv_ind
     one row per kv head; its ``n_rep`` query heads use the same positions)."""
     kv = torch.as_tensor(kv_index, dtype=torch.long)
     for path, idx in ((q_path, kv.repeat_interleave(n_rep, dim=0)), (k_path, kv)):
-        lin = _get(attn, path)
+        lin = module_at(attn, path)
         new = HeadScatterOutLinear(lin.in_features, lin.out_features, lin.bias is not None, head_dim, idx,
                                    device=lin.weight.device, dtype=lin.weight.dtype)
         new.weight = lin.weight
         new.bias = lin.bias
-        _set(attn, path, new)
+        set_module_at(attn, path, new)
 
 
 def head_wrapped(lin: nn.Linear, cls: type, head_dim: int, kept_dim: int) -> nn.Linear:
@@ -287,11 +287,11 @@ def set_attention_heads(attn: nn.Module, v_path: str, o_path: str, n_heads: int,
     for name in HEAD_COUNT_ATTRS:
         if hasattr(attn, name):
             setattr(attn, name, int(n_heads))
-    _set(attn, v_path, head_wrapped(_get(attn, v_path), HeadPadOutLinear, head_dim, v_head_dim))
-    _set(attn, o_path, head_wrapped(_get(attn, o_path), HeadSliceInLinear, head_dim, v_head_dim))
+    set_module_at(attn, v_path, head_wrapped(module_at(attn, v_path), HeadPadOutLinear, head_dim, v_head_dim))
+    set_module_at(attn, o_path, head_wrapped(module_at(attn, o_path), HeadSliceInLinear, head_dim, v_head_dim))
 
 
-def _attn_relative(path: str, attn: str) -> str:
+def attn_relative(path: str, attn: str) -> str:
     """Path of a projection relative to the attention module (``self_attn.v_proj`` -> ``v_proj``)."""
     if not path.startswith(attn + "."):
         raise SlimformerFormatError(f"projection {path} is not inside the attention module {attn}")
@@ -301,15 +301,15 @@ def _attn_relative(path: str, attn: str) -> str:
 def apply_head_shapes(model: nn.Module, plan: dict[str, Any]) -> None:
     """Per-layer head counts and value head dims from the plan (blocks without them are unchanged)."""
     paths, attn_name = plan["paths"], plan["layout"]["attn"]
-    layers = _get(model, paths["layers"])
+    layers = module_at(model, paths["layers"])
     for i, bp in enumerate(plan["blocks"]):
         if bp.get("n_heads") is None:
             continue
-        attn = _get(layers[i], attn_name)
-        set_attention_heads(attn, _attn_relative(paths["v"], attn_name), _attn_relative(paths["o"], attn_name),
+        attn = module_at(layers[i], attn_name)
+        set_attention_heads(attn, attn_relative(paths["v"], attn_name), attn_relative(paths["o"], attn_name),
                             bp["n_heads"], bp["head_dim"], bp["v_head_dim"])
         if bp.get("qk_index") is not None:
-            set_qk_dims(attn, _attn_relative(paths["q"], attn_name), _attn_relative(paths["k"], attn_name),
+            set_qk_dims(attn, attn_relative(paths["q"], attn_name), attn_relative(paths["k"], attn_name),
                         bp["head_dim"], bp["qk_index"], bp["n_heads"] // bp["n_kv_heads"])
 
 
@@ -427,7 +427,7 @@ def channel_wrapped(lin: nn.Linear, residual_width: int, in_index: Any = None, o
 def apply_channel_sets(model: nn.Module, plan: dict[str, Any]) -> None:
     """Wrap the readers/writers of every block whose plan has residual channel subsets."""
     paths, width = plan["paths"], int(plan["full_width"])
-    layers = _get(model, paths["layers"])
+    layers = module_at(model, paths["layers"])
     for i, bp in enumerate(plan["blocks"]):
         for field_name, (keys, gather) in CHANNEL_SETS.items():
             index = bp.get(field_name)
@@ -436,9 +436,9 @@ def apply_channel_sets(model: nn.Module, plan: dict[str, Any]) -> None:
             for key in keys:
                 if not paths.get(key):
                     continue
-                lin = _get(layers[i], paths[key])
+                lin = module_at(layers[i], paths[key])
                 kw = {"in_index": index} if gather else {"out_index": index}
-                _set(layers[i], paths[key], channel_wrapped(lin, width, **kw))
+                set_module_at(layers[i], paths[key], channel_wrapped(lin, width, **kw))
 
 
 # ----------------------------------------------------------------------------------
@@ -450,7 +450,7 @@ import contextlib
 import json
 import os
 
-def _get(root: nn.Module, path: str) -> nn.Module:
+def module_at(root: nn.Module, path: str) -> nn.Module:
     """The submodule at dotted ``path`` (``""`` is ``root``; digits index ModuleLists)."""
     mod = root
     for part in path.split(".") if path else []:
@@ -458,10 +458,10 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return mod
 
 
-def _set(root: nn.Module, path: str, new: nn.Module) -> None:
+def set_module_at(root: nn.Module, path: str, new: nn.Module) -> None:
     """Replace the submodule at dotted ``path`` by ``new``."""
     parent_path, _, name = path.rpartition(".")
-    parent = _get(root, parent_path)
+    parent = module_at(root, parent_path)
     if name.isdigit():
         parent[int(name)] = new
     else:
@@ -541,7 +541,7 @@ def _resize_to_checkpoint(model: nn.Module, shapes: dict[str, tuple[int, ...]]) 
             out_f, in_f = shapes[key]
             has_bias = f"{prefix}bias" in shapes
             if (out_f, in_f) != tuple(mod.weight.shape) or has_bias != (mod.bias is not None):
-                _set(model, name, nn.Linear(in_f, out_f, bias=has_bias, device="meta", dtype=mod.weight.dtype))
+                set_module_at(model, name, nn.Linear(in_f, out_f, bias=has_bias, device="meta", dtype=mod.weight.dtype))
         elif isinstance(mod, nn.Embedding) and key in shapes:
             num, dim = shapes[key]
             if (num, dim) != tuple(mod.weight.shape):
@@ -554,7 +554,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
     paths = plan["paths"]
     d = int(plan["full_width"])
     layout = plan["layout"]
-    layers = _get(model, paths["layers"])
+    layers = module_at(model, paths["layers"])
     if len(layers) != len(plan["blocks"]):
         raise SlimformerFormatError(f"plan has {len(plan['blocks'])} blocks but the config builds {len(layers)}")
     if not plan.get("fused", True):
@@ -564,7 +564,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
         names = [layout["attn_norm"], layout["attn"]]
         names += [layout["mlp_norm"]] if layout.get("mlp_norm") else []
         names += [layout["mlp"]] if layout.get("mlp") else [layout["fc_in"], layout["fc_out"]]
-        modules = {n: _get(layer, n) for n in names}
+        modules = {n: module_at(layer, n) for n in names}
         modules[layout["attn_norm"]] = SlimRMSNorm(bp["d_in"], d, norm_eps)
         if layout.get("mlp_norm"):
             modules[layout["mlp_norm"]] = SlimRMSNorm(bp["d_mid"], d, norm_eps)
@@ -572,12 +572,12 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
         attn_sc = make_shortcut(bp["d_in"], after_attn, device="meta") if bp["attn_shortcut"] else None
         mlp_sc = make_shortcut(bp["d_mid"], bp["d_out"], device="meta") if bp["mlp_shortcut"] else None
         layers[i] = SlimBlock(layout, modules, attn_shortcut=attn_sc, mlp_shortcut=mlp_sc)
-    _set(model, paths["final_norm"], SlimRMSNorm(plan["head_width"], d, norm_eps))
+    set_module_at(model, paths["final_norm"], SlimRMSNorm(plan["head_width"], d, norm_eps))
 
 
 def _tie_head(model: nn.Module, paths: dict[str, Any]) -> None:
     """Share the input embedding with the LM head (plain models with tied embeddings)."""
-    _get(model, paths["head"]).weight = _get(model, paths["embed"]).weight
+    module_at(model, paths["head"]).weight = module_at(model, paths["embed"]).weight
 
 
 def _load_state_dict(path: str, dtype: torch.dtype | None, device: Any) -> dict[str, torch.Tensor]:
