@@ -78,6 +78,7 @@ import slimformer as sf
 import slimformer.calib.offload as off
 import slimformer.calib.residual as res
 import slimformer.methods.slicegpt.apply as sa
+import slimformer.methods._shared.residual as shared_residual
 times = {}
 def timed(owner, name, key):
     f = getattr(owner, name)
@@ -97,7 +98,7 @@ timed(res.Covariance, "update", "covariance")
 timed(sa, "pca_basis", "eigh")
 for n in ("apply_block_input_basis", "apply_block_mid_basis", "apply_block_output_basis"):
     timed(res, n, "rotate")
-timed(sa, "rotate_and_slice", "total layer pass")
+timed(shared_residual, "rotate_and_slice", "total layer pass")
 ids = torch.randint(0, 512, (int(sys.argv[3]), int(sys.argv[4])), generator=torch.Generator().manual_seed(0))
 t0 = time.perf_counter()
 sf.compress_offloaded(sys.argv[1], sf.SliceGPTConfig(sparsity=0.25), ids, sys.argv[2], offload="disk",

@@ -2,7 +2,8 @@
 
 Run once per format version and commit the output; every later slimformer must
 still load it with identical logits (tests/test_format_fixture.py). Never
-regenerate an existing version's fixture.
+regenerate an existing version's fixture. (It made ``format_v1`` when FORMAT_VERSION was 1;
+the format-2 fixtures, one per plan feature, come from ``scripts/make_format_fixtures_v2.py``.)
 
     python scripts/make_format_fixture.py tests/fixtures/format_v1
 """

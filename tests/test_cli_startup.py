@@ -152,6 +152,27 @@ def test_old_option_spellings_still_parse(prefix: list[str], old: str, new: str,
     assert getattr(default, dest) != getattr(b, dest)  # the hidden alias does not clobber the default
 
 
+def test_finetune_options_come_from_the_config() -> None:
+    """Every FinetuneConfig field is a ``finetune`` option whose help shows its default; parsing gives the config."""
+    from slimformer.cli_options import option_name
+    from slimformer.finetune_config import FinetuneConfig
+
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["finetune"]
+    actions = {a.dest: a for a in sub._actions if a.help != argparse.SUPPRESS}
+    for f in dataclasses.fields(FinetuneConfig):
+        action = actions[f.name]
+        assert "--" + option_name(f).replace("_", "-") in action.option_strings
+        if f.default is not None:
+            assert f"(default {f.default})" in action.help
+    args = parser.parse_args(["finetune", "D", "--data", "x", "--out", "o", "--targets", "q,v", "--dtype", "float16",
+                              "--lr", "0.001", "--warmup", "0.1"])
+    config = cli.build_config(FinetuneConfig, args)
+    assert config == FinetuneConfig(targets=("q", "v"), dtype="float16", lr=0.001, warmup=0.1)
+    assert cli.build_config(FinetuneConfig, parser.parse_args(["finetune", "D", "--data", "x", "--out", "o"])) == \
+        FinetuneConfig()
+
+
 def test_renamed_method_options_reach_the_config() -> None:
     parser = cli._parser()
     args = parser.parse_args(["compress", "M", "--method", "prunenet", "--sparsity", "0.2", "--lr", "0.5",

@@ -10,8 +10,9 @@ Layers, bottom first (a module may import its own package and any lower layer, n
     5  methods, eval
     6  finetune_config, api
     7  finetune
-    8  cli
-    9  the package itself (``slimformer/__init__.py``: lazy public names)
+    8  cli_options   CLI options generated from the config dataclasses
+    9  cli
+    10 the package itself (``slimformer/__init__.py``: lazy public names)
 
 Function-level (lazy) imports count like module-level ones. Also: no import cycles between
 modules, and no module imports a private name (``_x``) of another top-level package.
@@ -37,8 +38,9 @@ LAYERS = {
     "methods": 5, "eval": 5,
     "finetune_config": 6, "api": 6,
     "finetune": 7,
-    "cli": 8,
-    "": 9,
+    "cli_options": 8,
+    "cli": 9,
+    "": 10,
 }
 
 

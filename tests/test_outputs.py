@@ -129,3 +129,24 @@ def test_outputs_module_is_torch_free() -> None:
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]", res.stdout  # the CLI can check outputs before importing torch
+
+
+def test_write_bytes_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parents made, no temporary left; a failed write removes the parents it made and names the output."""
+    out = tmp_path / "a" / "b" / "f.bin"
+    outputs.write_bytes_atomic(out, b"\x00\x01")
+    assert out.read_bytes() == b"\x00\x01" and os.listdir(out.parent) == ["f.bin"]
+    outputs.write_bytes_atomic(out, b"xyz")  # replaces
+    assert out.read_bytes() == b"xyz" and os.listdir(out.parent) == ["f.bin"]
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "replace", fail)
+    bad = tmp_path / "c" / "d" / "g.bin"
+    with pytest.raises(OSError, match="g.bin"):
+        outputs.write_bytes_atomic(bad, b"1")
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(OSError):
+        outputs.write_bytes_atomic(out, b"new")
+    assert out.read_bytes() == b"xyz" and os.listdir(out.parent) == ["f.bin"]

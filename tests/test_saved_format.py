@@ -55,7 +55,9 @@ def test_round_trip_every_family(tmp_path: Path, family: str, tied: bool) -> Non
     # the parameter count in the report is the saved model's
     assert sum(p.numel() for p in loaded.parameters()) == result.report["params_after"]
     cfg = json.loads((Path(out) / "config.json").read_text())
-    assert cfg["slimformer"]["format_version"] == 1
+    from slimformer.core.plan import FORMAT_VERSION
+
+    assert cfg["slimformer"]["format_version"] == FORMAT_VERSION == 2
     assert cfg["slimformer"]["provenance"]["params_after"] == result.report["params_after"]
 
 
@@ -214,7 +216,7 @@ def test_info_command(saved_llama: tuple[Path, torch.Tensor], capsys: pytest.Cap
     out, _ = saved_llama
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "slicegpt" in text and "format_version  1" in text and "% removed" in text
+    assert "slicegpt" in text and "format_version  2" in text and "% removed" in text
     assert text.count("\n    ") >= 2  # one table row per layer
     assert main(["info", str(out.parent)]) == 2
     assert "not a slimformer output directory" in capsys.readouterr().err

@@ -259,7 +259,7 @@ def test_plan_schema_imports_nothing_heavy() -> None:
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import plan_schema; "
             "heavy = [m for m in ('torch', 'transformers', 'numpy', 'safetensors', 'slimformer') if m in sys.modules]; "
             "assert not heavy, heavy")
-    proc = subprocess.run([sys.executable, "-I", "-c", code, str(SRC / "slimformer" / "io")], capture_output=True,
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(SRC / "slimformer" / "runtime")], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
@@ -295,7 +295,7 @@ def test_validate_section_unit() -> None:
         (lambda s: s["plan"].__setitem__("blocks", []), r"plan\.blocks must be a non-empty list"),
         (lambda s: s["plan"].__setitem__("model_type", "opt"), r"does not match architecture"),
         (lambda s: s.__setitem__("weights_sha256", {"../x": "0" * 64}), r"not a plain file name"),
-        (lambda s: s.__setitem__("format_version", 2), r"format_version 2 is not supported"),
+        (lambda s: s.__setitem__("format_version", 3), r"format_version 3 is not supported"),
     ]
     for edit, msg in cases:
         bad = json.loads(json.dumps(section))

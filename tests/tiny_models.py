@@ -41,10 +41,16 @@ def make_config(family: str, tied: bool = False):
     raise ValueError(family)
 
 
-def make_model(family: str, tied: bool = False, seed: int = 0) -> torch.nn.Module:
-    """Random fp32 model with non-trivial norm scales/biases (so fusion is really tested)."""
+def make_model(family: str, tied: bool = False, seed: int = 0, **overrides) -> torch.nn.Module:
+    """Random fp32 model with non-trivial norm scales/biases (so fusion is really tested).
+
+    ``overrides``: config attributes set after the config is built, for an even smaller model
+    (set the derived ones too: ``hidden_size=32`` with ``head_dim=8``)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(make_config(family, tied), dtype=torch.float32)
+    config = make_config(family, tied)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -17,19 +17,13 @@ from ._version import __version__
 from .arch import get_adapter
 from .calib.dist import current as dist_current, shard
 from .calib.offload import discard as discard_offloaded, finish as finish_offloaded, open_offloaded, store_of
+from .core.params import count_params
 from .core.plan import ShapePlan, plan_from_model
 from .io.format import load_model, save_compressed
 from .memory import peak_rss_mb, reset_peak_rss, rss_mb, use_mmap_for_large_blocks
 from .methods import METHODS, Runtime, spec_for_config
 
 logger = logging.getLogger("slimformer.api")
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of distinct parameters (tied tensors once, shortcuts and untied heads included)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 @dataclass

@@ -1,17 +1,15 @@
 """Command line interface: a thin layer over :mod:`slimformer.api`.
 
-Method options are generated from the method config dataclasses, so the CLI and
-the Python API cannot drift apart.
+Method and fine-tune options are generated from the config dataclasses
+(:mod:`slimformer.cli_options`), so the CLI and the Python API cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -19,15 +17,16 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from ._version import __version__
+from .cli_options import add_config_options as _add_config_options
+from .cli_options import add_method_options as _add_method_options
+from .cli_options import attribute_docs as _attribute_docs  # noqa: F401 (tests)
+from .cli_options import build_config, build_method_config
+from .cli_options import plain as _plain  # noqa: F401 (tests)
 from .validate import DTYPE_NAMES
 
 logger = logging.getLogger("slimformer.cli")
 
 DTYPE_CHOICES = DTYPE_NAMES  # --dtype
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,150 +44,6 @@ class _Parser(argparse.ArgumentParser):
         if extras:  # a subcommand's unknown options: point at that subcommand's help
             self.error(f"unrecognized arguments: {' '.join(extras)}", getattr(ns, "command", None))
         return ns
-
-
-@dataclasses.dataclass
-class _MethodOption:
-    """One generated ``compress`` option and the method config fields it sets.
-
-    Config fields may name their option and its old spellings in their metadata:
-    ``field(metadata={"option": "learning_rate", "aliases": ("lr",)})`` gives
-    ``--learning-rate`` (shared with other methods' ``learning_rate`` fields) and a hidden
-    ``--lr``; ``metadata={"choices": (...)}`` gives the option its choices.
-    """
-
-    name: str
-    fields: dict[str, dataclasses.Field] = dataclasses.field(default_factory=dict)  # method -> field
-    aliases: list[str] = dataclasses.field(default_factory=list)
-    choices: list[str] = dataclasses.field(default_factory=list)
-
-
-def _option_name(f: dataclasses.Field) -> str:
-    """The option (and ``argparse`` dest) of a method config field: its ``"option"`` metadata or its name."""
-    return f.metadata.get("option", f.name)
-
-
-def _method_options() -> dict[str, _MethodOption]:
-    """Every method config field, grouped by option name, in registry order."""
-    from .methods import METHODS
-
-    options: dict[str, _MethodOption] = {}
-    for method, spec in METHODS.items():
-        for f in dataclasses.fields(spec.config_cls):
-            opt = options.setdefault(_option_name(f), _MethodOption(_option_name(f)))
-            opt.fields[method] = f
-            opt.aliases += [a for a in f.metadata.get("aliases", ()) if a not in opt.aliases]
-            opt.choices += [c for c in f.metadata.get("choices", ()) if c not in opt.choices]
-    return options
-
-
-def _plain(text: str) -> str:
-    """Docstring markup as plain text: ``:mod:`a.b``` -> a.b, ``:class:`~a.B``` -> B, ````x```` -> x, ``*x*`` -> x."""
-    text = re.sub(r":\w+:`~[\w.]*?(\w+)`", r"\1", text)
-    text = re.sub(r":\w+:`([^`]+)`", r"\1", text)
-    text = re.sub(r"``([^`]+)``", r"\1", text)
-    text = re.sub(r"`([^`]+)`", r"\1", text)
-    return re.sub(r"(?<![\w*])\*(\w(?:[^*]*?\w)?)\*(?![\w*])", r"\1", text)
-
-
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """Each entry of the ``Attributes:`` sections of ``cls``'s docstring (name -> plain text).
-
-    A section ends at the first line indented no deeper than its ``Attributes:`` line
-    (a paragraph or heading after it); ``a, b: text`` documents both ``a`` and ``b``.
-    """
-    docs: dict[str, str] = {}
-    section: int | None = None  # indentation of the current "Attributes:" line
-    entry: int | None = None  # indentation of its entries
-    current: list[str] = []
-    for line in (cls.__doc__ or "").splitlines():
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if stripped == "Attributes:":
-            section, entry, current = indent, None, []
-            continue
-        if section is None or not stripped:
-            continue
-        if indent <= section:
-            section, current = None, []
-            continue
-        m = re.match(r"^(\w+(?:, \w+)*)(?: \(.*?\))?: (.*)$", stripped)
-        if m and (entry is None or indent <= entry):
-            entry, current = indent, m.group(1).split(", ")
-            for name in current:
-                docs[name] = m.group(2)
-        else:
-            for name in current:
-                docs[name] += " " + stripped
-    return {k: _plain(v).rstrip(".") for k, v in docs.items()}
-
-
-def _grouped(values: dict[str, str]) -> list[tuple[str, list[str]]]:
-    """``{method: text}`` -> ``[(text, sorted methods)]``, in order of first appearance."""
-    groups: dict[str, list[str]] = {}
-    for method, text in values.items():
-        groups.setdefault(text, []).append(method)
-    return [(text, sorted(methods)) for text, methods in groups.items()]
-
-
-def _option_help(opt: _MethodOption) -> str:
-    """What the option means for each method that has it, and its defaults (``None``/``False`` omitted)."""
-    from .methods import METHODS
-
-    docs = {m: _attribute_docs(METHODS[m].config_cls).get(f.name, "") for m, f in opt.fields.items()}
-    text = "; ".join(f"{doc} [{', '.join(ms)}]".strip() for doc, ms in _grouped(docs))
-    defaults = {m: f.default for m, f in opt.fields.items()
-                if f.default is not dataclasses.MISSING and f.default is not None and f.default is not False}
-    if defaults:
-        shown = _grouped({m: str(v) for m, v in defaults.items()})
-        if len(shown) == 1 and len(defaults) == len(opt.fields):
-            text += f" (default {shown[0][0]})"
-        else:
-            text += " (default " + "; ".join(f"{v} for {', '.join(ms)}" for v, ms in shown) + ")"
-    return text.replace("%", "%%")
-
-
-def _annotation_type(f: dataclasses.Field) -> type:
-    """Type of an option whose default is None, from its annotation ("int | None" -> int, "str | None" -> str)."""
-    ann = str(f.type)
-    return int if ann.startswith("int") else str if ann.startswith("str") else float
-
-
-def _add_method_options(p: argparse.ArgumentParser) -> None:
-    """One option per method config field (see :class:`_MethodOption`), old spellings as hidden aliases."""
-    group = p.add_argument_group("method options (from the method config dataclasses; [methods they apply to])")
-    for name, opt in _method_options().items():
-        f = next(iter(opt.fields.values()))
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, bool):
-            kwargs: dict[str, Any] = {"action": "store_true"}
-        else:
-            # None default: the annotation says the type ("int | None" -> int, else float)
-            kwargs = {"type": type(default) if default is not None else _annotation_type(f)}
-            if opt.choices:
-                kwargs["choices"] = opt.choices
-        group.add_argument(_flag(name), dest=name, default=None, help=_option_help(opt), **kwargs)
-        for alias in opt.aliases:
-            group.add_argument(_flag(alias), dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
-
-
-def build_method_config(method: str, args: argparse.Namespace) -> Any:
-    """Instantiate the method's config from the parsed options (validates on construction)."""
-    from .methods import get_method
-
-    spec = get_method(method)
-    own = {_option_name(f): f for f in dataclasses.fields(spec.config_cls)}  # option -> field
-    given = {n: getattr(args, n) for n in _method_options() if getattr(args, n, None) is not None}
-    foreign = sorted(set(given) - set(own))
-    if foreign:
-        raise ValueError(f"option(s) {', '.join(_flag(n) for n in foreign)} do not apply to method {method}")
-    missing = [
-        n for n, f in own.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in given
-    ]
-    if missing:
-        raise ValueError(f"method {method} needs {', '.join(_flag(n) for n in missing)}")
-    return spec.config_cls(**{own[n].name: v for n, v in given.items()})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -581,12 +436,12 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def _add_finetune_parser(sub: Any) -> None:
-    """``slimformer finetune``: options mirror :class:`slimformer.finetune.FinetuneConfig` (defaults from it).
+    """``slimformer finetune``: the settings options are generated from :class:`slimformer.FinetuneConfig`.
 
     ``--learning-rate`` / ``--batch-size`` set the config's ``lr`` / ``batch`` (the CLI's
     names for them everywhere); ``--lr`` / ``--batch`` still parse (hidden).
     """
-    from .finetune_config import TARGET_ROLES, FinetuneConfig  # torch-free
+    from .finetune_config import FinetuneConfig  # torch-free
 
     d = FinetuneConfig()
     f = sub.add_parser("finetune", help="recovery fine-tune a compressed model with LoRA, merge and save it")
@@ -595,31 +450,12 @@ def _add_finetune_parser(sub: Any) -> None:
     f.add_argument("--out", required=True, help="output directory for the merged model (written atomically)")
     f.add_argument("--eval-data", default=None,
                    help=f"held-out text for perplexity (default: the last {100 * d.holdout:.0f}%% of --data's tokens)")
-    f.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
-    f.add_argument("--learning-rate", dest="lr", metavar="LEARNING_RATE", type=float, default=d.lr,
-                   help=f"peak learning rate (default {d.lr})")
-    f.add_argument("--lr", dest="lr", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
-    f.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
-    f.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
-    f.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help=f"(default {d.lora_dropout})")
-    f.add_argument("--targets", default=None,
-                   help=f"comma-separated LoRA targets among {','.join(TARGET_ROLES)} (default: all linears, no shortcuts)")
-    f.add_argument("--batch-size", dest="batch", metavar="BATCH_SIZE", type=int, default=d.batch,
-                   help=f"windows per micro-batch (default {d.batch})")
-    f.add_argument("--batch", dest="batch", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
-    f.add_argument("--seqlen", type=int, default=d.seqlen,
-                   help=f"tokens per training and perplexity window (default {d.seqlen})")
-    f.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step (default 1)")
-    f.add_argument("--seed", type=int, default=d.seed, help=f"seed of LoRA init and window offsets (default {d.seed})")
-    f.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out perplexity every N steps (0: before/after only)")
-    f.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="evaluate on the first N held-out tokens (default: all)")
-    f.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop training after this many minutes")
-    f.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="train/save dtype (default: the checkpoint's)")
     f.add_argument("--device", default="cpu", help="training device (default cpu)")
     f.add_argument("--keep-adapter", default=None, metavar="DIR", help="also save the unmerged peft adapter to DIR")
     f.add_argument("--overwrite", action="store_true", help="replace non-empty --out / --keep-adapter directories")
     f.add_argument("--json", dest="json_out", help="write the fine-tune record as JSON to this file")
     f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_config_options(f.add_argument_group("fine-tune settings (from FinetuneConfig)"), FinetuneConfig)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -627,11 +463,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneConfig, finetune
     from .io.outputs import check_free_space, check_output_dir
 
-    config = FinetuneConfig(
-        steps=args.steps, lr=args.lr, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        targets=args.targets, batch=args.batch, seqlen=args.seqlen, seed=args.seed, grad_accum=args.grad_accum,
-        eval_every=args.eval_every, eval_tokens=args.eval_tokens, max_minutes=args.max_minutes, dtype=args.dtype,
-    )  # validates before any work
+    config = build_config(FinetuneConfig, args)  # validates before any work
     check_device(args.device)
     if not Path(args.dir).is_dir():
         raise FileNotFoundError(f"model directory not found: {args.dir}")
@@ -712,57 +544,11 @@ def _verify_forward(path: Path, checked: Any, device: str) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .runtime.plan_schema import read_config_json, validate_section
+    from .io.info import format_info, read_info
 
-    path = Path(args.dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"directory not found: {path}")
-    config = read_config_json(path) if (path / "config.json").is_file() else {}
-    section = config.get("slimformer")
-    if section is None:
-        raise ValueError(f"{path} is not a slimformer output directory (no 'slimformer' section in config.json)")
-    validate_section(section, base_config=config)  # the whole section, torch-free (info stays fast)
-    if args.json_out:
-        print(json.dumps(section, indent=2))
-        return 0
-    print(format_info(section))
+    section = read_info(args.dir)
+    print(json.dumps(section, indent=2) if args.json_out else format_info(section))
     return 0
-
-
-def format_info(section: dict[str, Any]) -> str:
-    """Human-readable summary of a saved model's ``"slimformer"`` section."""
-    prov = section.get("provenance", {})
-    plan = section["plan"]
-    before, after = prov.get("params_before"), prov.get("params_after")
-    lines = [
-        f"method          {section.get('method')}  {json.dumps(section.get('method_config', {}))}",
-        f"format_version  {section.get('format_version')}{'  (plain HF config)' if section.get('plain') else ''}",
-        f"architecture    {plan['architecture']} ({plan['model_type']}), width {plan['full_width']}, "
-        f"embedding {plan['embed_width']}, head input {plan['head_width']}",
-    ]
-    if before and after:
-        lines.append(f"parameters      {before:,} -> {after:,} ({100 * (1 - after / before):.2f}% removed)")
-    calib = prov.get("calibration") or {}
-    lines.append(f"calibration     {calib.get('name')} sha256 {str(calib.get('sha256'))[:16]}... "
-                 f"{calib.get('samples')} x {calib.get('seqlen')} seed {prov.get('seed')}")
-    lines.append(f"versions        slimformer {prov.get('slimformer')}, torch {prov.get('torch')}, "
-                 f"transformers {prov.get('transformers')}; base model {prov.get('base_model')}")
-    ft = section.get("finetune")
-    if ft:
-        lines.append(f"finetune        LoRA r={ft['config']['lora_r']} on {','.join(ft['targets'])}, {ft['steps_done']} steps; "
-                     f"held-out ppl {ft['ppl_before']['ppl']:.4f} -> {ft['ppl_after']['ppl']:.4f} "
-                     f"({ft['eval_data'].get('name')})")
-    header = ("layer", "d_in", "d_mid", "d_out", "q/k/v out", "mlp", "shortcuts")
-    rows = [header] + [
-        (str(i), str(b["d_in"]), "-" if b["d_mid"] is None else str(b["d_mid"]), str(b["d_out"]),
-         f"{b['q_out']}/{b['k_out']}/{b['v_out']}", str(b["mlp_width"]),
-         ",".join(n for n, on in (("attn", b["attn_shortcut"]), ("mlp", b["mlp_shortcut"])) if on) or "-")
-        for i, b in enumerate(plan["blocks"])
-    ]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    lines.append("")
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
 
 
 #: commands that load no Hugging Face model (no transformers progress bars to hide)

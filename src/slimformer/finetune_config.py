@@ -1,13 +1,17 @@
 """Settings of a recovery fine-tune (:class:`FinetuneConfig`), torch-free.
 
 Kept apart from :mod:`slimformer.finetune` (which imports torch and peft) so the CLI
-builds ``slimformer finetune``'s options and validates them without torch.
+builds ``slimformer finetune``'s options and validates them without torch. The CLI
+generates one option per field, like the method configs' ``compress`` options: the help
+is the field's entry under ``Attributes:``; field metadata may rename the option
+(``"option"``), keep old spellings as hidden aliases (``"aliases"``), give choices
+(``"choices"``) or mark a comma-separated list (``"list"``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .validate import DTYPE_NAMES
 
@@ -47,12 +51,12 @@ class FinetuneConfig:
     """
 
     steps: int = 200
-    lr: float = 2e-4
+    lr: float = field(default=2e-4, metadata={"option": "learning_rate", "aliases": ("lr",)})
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
-    targets: tuple[str, ...] | None = None
-    batch: int = 8
+    targets: tuple[str, ...] | None = field(default=None, metadata={"list": True, "choices_doc": TARGET_ROLES})
+    batch: int = field(default=8, metadata={"option": "batch_size", "aliases": ("batch",)})
     seqlen: int = 512
     seed: int = 0
     grad_accum: int = 1
@@ -63,7 +67,7 @@ class FinetuneConfig:
     eval_tokens: int | None = None
     holdout: float = 0.1
     max_minutes: float | None = None
-    dtype: str | None = None
+    dtype: str | None = field(default=None, metadata={"choices": DTYPE_NAMES})
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "lora_r": self.lora_r, "batch": self.batch, "grad_accum": self.grad_accum}

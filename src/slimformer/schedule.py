@@ -32,12 +32,12 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar
 
 from torch import nn
 
 from .arch import ArchAdapter
-from .core.params import ResidualWidths, compressed_param_count
+from .core.params import ResidualWidths, compressed_param_count, count_params
 from .validate import (  # noqa: F401  (re-exported)
     DEFAULT_BASE_RATIO, check_budget, check_fraction, check_int, check_temperature,
 )
@@ -312,9 +312,43 @@ def layer_widths_for(
     return fs, ws
 
 
-def bisect_target(
-    build: Callable[[float], SchedulePlan], target: float, lo: float
-) -> SchedulePlan:
+class BudgetPlan(Protocol):
+    """What the budget search needs of a plan: its mean fraction and the parameters it removes."""
+
+    @property
+    def sparsity(self) -> float: ...
+
+    @property
+    def removed_fraction(self) -> float: ...
+
+
+PlanT = TypeVar("PlanT", bound=BudgetPlan)
+
+
+def solve_budget(build: Callable[[float], PlanT], *, sparsity: float | None, target_params: float | None,
+                 lo: float = 0.0, label: str = "budget") -> PlanT:
+    """The one budget rule of every method: ``build(sparsity)``, or the plan whose exact parameter
+    count removes the fraction closest to ``target_params`` (:func:`bisect_target`).
+
+    Args:
+        build: the plan at a mean fraction ``sp`` (widths, kept counts, ...) with its exact
+            parameter count; raises ValueError for a fraction the schedule cannot realise.
+        sparsity, target_params: exactly one of the two.
+        lo: the smallest mean fraction the schedule accepts (:meth:`Schedule.min_sparsity`).
+        label: names the search in the log line.
+    """
+    if (sparsity is None) == (target_params is None):
+        raise ValueError("give exactly one of sparsity or target_params")
+    if sparsity is not None:
+        return build(sparsity)
+    target = _check_fraction("target_params", target_params, allow_zero=False)  # type: ignore[arg-type]
+    plan = bisect_target(build, target, lo)
+    logger.info("%s: target %.4f of parameters -> mean fraction %.4f removes %.4f",
+                label, target, plan.sparsity, plan.removed_fraction)
+    return plan
+
+
+def bisect_target(build: Callable[[float], PlanT], target: float, lo: float) -> PlanT:
     """Mean slicing whose exact parameter count removes the fraction closest to ``target``.
 
     Removal is non-decreasing in the mean slicing (every width shrinks or stays),
@@ -334,7 +368,7 @@ def bisect_target(
             "matrices add parameters); request a larger fraction"
             + (" or a smaller slicing_base" if lo > 0 else "")
         )
-    best_above: SchedulePlan | None = None
+    best_above: PlanT | None = None
     a, b = lo, 1.0
     for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (a + b)
@@ -387,7 +421,7 @@ def plan_schedule(
         raise ValueError(f"round_to must be >= 1, got {round_to!r}")
     d = model.config.hidden_size
     n_layers = len(adapter.get_layers(model))
-    before = sum(p.numel() for p in model.parameters())
+    before = count_params(model)
 
     def build(sp: float) -> SchedulePlan:
         fs, ws = layer_widths_for(schedule, sp, n_layers, d, scores, round_to)
@@ -396,14 +430,11 @@ def plan_schedule(
         return SchedulePlan(schedule.name, sp, tuple(fs), tuple(ws), widths, after, before,
                             target_params, schedule.params())
 
-    if sparsity is not None:
-        return build(sparsity)
-    target = _check_fraction("target_params", target_params, allow_zero=False)  # type: ignore[arg-type]
-    plan = bisect_target(build, target, schedule.min_sparsity())
-    logger.info(
-        "%s schedule: target %.4f of parameters -> sparsity %.4f removes %.4f",
-        schedule.name, target, plan.sparsity, plan.removed_fraction,
-    )
+    plan = solve_budget(build, sparsity=sparsity, target_params=target_params, lo=schedule.min_sparsity(),
+                        label=f"{schedule.name} schedule")
+    if target_params is None:
+        return plan
+    target = float(target_params)
     if abs(plan.removed_fraction - target) > 0.01:
         logger.warning(
             "target_params %.4f achieved %.4f: width steps of round_to=%d are coarse for d=%d",

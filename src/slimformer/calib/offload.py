@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
+from ..core.dtypes import to_torch_dtype
 from ..memory import trim_heap
 
 logger = logging.getLogger("slimformer.calib.offload")
@@ -333,10 +334,7 @@ def _dtype_of(config: Any, dtype: torch.dtype | str | None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     name = dtype or getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    name = str(name).replace("torch.", "")
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"unsupported dtype {name!r} for offloaded compression; use float32, bfloat16 or float16")
-    return getattr(torch, name)
+    return to_torch_dtype(name, context=" for offloaded compression")
 
 
 def open_offloaded(

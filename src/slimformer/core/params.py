@@ -37,6 +37,26 @@ from ..arch import ArchAdapter, get_module
 logger = logging.getLogger("slimformer.core.params")
 
 
+def count_params(model: nn.Module) -> int:
+    """Number of distinct parameters (tied tensors once, shortcuts and untied heads included).
+
+    The one parameter count of the library: reports, budgets and predictions all use it.
+    """
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_checked(model: nn.Module, predicted: int, log: logging.Logger) -> int:
+    """:func:`count_params` of a compressed ``model``, checked against a plan's exact prediction.
+
+    Plans count exactly by construction, so a mismatch is a bug: it is logged on ``log`` as a
+    warning (and the real count returned), never misreported silently.
+    """
+    after = count_params(model)
+    if after != predicted:
+        log.warning("predicted %d parameters, the compressed model has %d", predicted, after)
+    return after
+
+
 @dataclass(frozen=True)
 class ResidualWidths:
     """Kept width at every point of the residual stream.
@@ -209,5 +229,5 @@ def compressed_param_count(model: nn.Module, adapter: ArchAdapter, widths: Resid
 
 def removed_fraction(model: nn.Module, adapter: ArchAdapter, widths: ResidualWidths) -> float:
     """Fraction of ``model``'s current parameters that slicing to ``widths`` removes (may be < 0)."""
-    before = sum(p.numel() for p in model.parameters())
+    before = count_params(model)
     return 1.0 - compressed_param_count(model, adapter, widths) / before

@@ -16,7 +16,16 @@ from ..arch import ArchAdapter, get_module
 from ..runtime.modeling_slimformer import CHANNEL_SETS
 from .fuse import is_slim, norm_eps
 
-FORMAT_VERSION = 1
+#: Version of the saved ``"slimformer"`` config section (the loader accepts
+#: ``runtime.plan_schema.SUPPORTED_FORMAT_VERSIONS``). 1: the SliceGPT-era plan (widths,
+#: shortcuts, paths, layout). 2: the same required fields plus optional ones a v2 writer may
+#: set: per-block head shapes (``n_heads``, ``n_kv_heads``, ``head_dim``, ``qk_head_dim``,
+#: ``v_head_dim``), ``qk_index`` (MoDeGPT q/k channels), residual channel sets
+#: (``attn_in_index``, ``attn_out_index``, ``mlp_in_index``, ``mlp_out_index``; DISP),
+#: plan ``fused=false`` and ``tied_head``, and the section's ``weights_sha256``. Late v1
+#: writers already wrote these optional fields, so a v1 section is read with the same rules.
+#: Frozen fixtures of each version: ``tests/fixtures/format_v<N>/`` (never regenerated).
+FORMAT_VERSION = 2
 
 
 @dataclass

@@ -41,6 +41,7 @@ from torch import nn
 from ..arch import ArchAdapter, get_module
 from ..runtime.modeling_slimformer import attn_relative, set_attention_heads
 from ..validate import ATTENTION_MODES  # noqa: F401  (torch-free, for the method configs and the CLI)
+from .params import count_params
 from .plan import config_head_dim
 from .shrink import keep_inputs, keep_mlp_channels, keep_outputs
 
@@ -165,7 +166,7 @@ def pruned_param_count(model: nn.Module, adapter: ArchAdapter, counts: Sequence[
     layers = adapter.get_layers(model)
     if len(counts) != len(layers):
         raise ValueError(f"{len(counts)} layer counts for {len(layers)} blocks")
-    before = sum(p.numel() for p in model.parameters())
+    before = count_params(model)
     return before - sum(removed_params(b, adapter, model.config, c) for b, c in zip(layers, counts))
 
 

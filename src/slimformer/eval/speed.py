@@ -26,6 +26,7 @@ from torch import nn
 
 from tqdm.auto import tqdm
 
+from ..core.params import count_params
 from ..memory import peak_rss_mb
 
 logger = logging.getLogger("slimformer.eval.speed")
@@ -140,7 +141,7 @@ def compare_speed(models: dict[str, nn.Module], settings: SpeedSettings, device:
             "prefill_tokens_per_s": _summary(prefill),
             "decode_tokens_per_s": _summary(decode),
             "decode_ms_per_token": _summary(latency),
-            "params": sum(p.numel() for p in m.parameters()),
+            "params": count_params(m),
             "param_mb": sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20,
             "matmul_params": matmul_params(m),
             "dtype": str(next(m.parameters()).dtype).replace("torch.", ""),

@@ -25,13 +25,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..core.dtypes import to_torch_dtype
 from ..core.plan import FORMAT_VERSION
 from ..runtime import modeling_slimformer as runtime
 from ..runtime import plan_schema
 from ..runtime.modeling_slimformer import SlimformerFormatError, load_compressed
+from ..validate import DTYPE_NAMES
 from .inputs import check_checkpoint_files
-from .outputs import (OutputExistsError, as_output_error, check_output_dir, commit_dir, make_parents, make_temp_dir,
-                      remove_dirs)
+from .outputs import OutputExistsError, check_output_dir, commit_dir, staged_dir  # noqa: F401 (re-exported)
 
 logger = logging.getLogger("slimformer.io")
 
@@ -217,18 +218,9 @@ def save_compressed(
     plain_changes = plain_config_changes(model) if plain else None
     out = check_output_dir(out, overwrite, inputs=inputs).absolute()
     section = {"format_version": FORMAT_VERSION, **section, "plain": bool(plain)}
-    created = make_parents(out)
-    tmp = None
-    try:
-        tmp = make_temp_dir(out)
+    with staged_dir(out) as tmp:
         nbytes = write_weights(untied_state(model), tmp, max_shard_bytes)
         write_metadata(model, tmp, section, report, tokenizer, plain_changes, extra_files)
-        commit_dir(tmp, out)
-    except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        remove_dirs(created)
-        raise as_output_error(exc, out) from None
     logger.info("saved compressed model to %s (%.2f MB of weights)", out, nbytes / 2**20)
     return out
 
@@ -283,9 +275,7 @@ def load_model(
     """
     name = str(name_or_path)
     if isinstance(dtype, str):
-        if dtype not in ("float32", "bfloat16", "float16", "float64"):
-            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-        dtype = getattr(torch, dtype)
+        dtype = to_torch_dtype(dtype, DTYPE_NAMES + ("float64",))
     section = read_section(name) if os.path.isdir(name) else None
     if section is not None and not section.get("plain"):
         model = load_compressed(name, dtype=dtype, device=device)

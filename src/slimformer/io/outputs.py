@@ -162,19 +162,40 @@ def check_json_out(path: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     check_writable(p)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through an owner-named temporary sibling and an atomic rename."""
-    path = Path(path)
+def _replace_with(path: Path, data: bytes) -> None:
+    """Write ``data`` to an owner-named temporary sibling of ``path`` and rename it over ``path``
+    (default file mode); the temporary is removed on any failure."""
     fd, tmp = make_temp_file(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         _default_mode(Path(tmp), 0o666)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through an owner-named temporary sibling and an atomic rename."""
+    _replace_with(Path(path), text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, what: str = "the output") -> None:
+    """Write ``data`` to ``path`` atomically, after checking the free space for it.
+
+    Missing parents are created (and removed again if the write fails); the temporary
+    sibling never survives a failure, and an OS error names ``path`` (not the temporary).
+    """
+    path = Path(path)
+    check_free_space(path, len(data), what)
+    created = make_parents(path)
+    try:
+        _replace_with(path, data)
+    except BaseException as exc:
+        remove_dirs(created)
+        raise as_output_error(exc, path) from None
 
 
 # ----- before the work: writable, room ------------------------------------------------------
@@ -334,6 +355,26 @@ def _default_mode(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~umask)
 
 
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike):
+    """Write a directory all or nothing: yields an owner-named temporary beside ``out``, which
+    is committed as ``out`` (:func:`commit_dir`) when the block ends normally. On any exception
+    (Ctrl-C and SIGTERM included) the temporary and the parents made for ``out`` are removed,
+    and an OS error is re-aimed at ``out`` (:func:`as_output_error`)."""
+    out = Path(out).absolute()
+    created = make_parents(out)
+    tmp = None
+    try:
+        tmp = make_temp_dir(out)
+        yield tmp
+        commit_dir(tmp, out)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_dirs(created)
+        raise as_output_error(exc, out) from None
+
+
 def commit_dir(tmp: Path, out: Path) -> None:
     """Move the finished temporary directory ``tmp`` into place as ``out``.
 
@@ -360,6 +401,6 @@ __all__ = [
     "ADAPTER_MARKER", "OutputExistsError", "OutputSpaceError", "check_free_space", "check_json_out",
     "check_not_input", "check_output_dir", "check_output_file", "check_writable", "clean_stale", "commit_dir",
     "as_output_error", "exchange", "is_slimformer_output", "make_parents", "make_temp_dir", "make_temp_file",
-    "remove_dirs",
-    "temp_prefix", "write_text_atomic",
+    "remove_dirs", "staged_dir",
+    "temp_prefix", "write_bytes_atomic", "write_text_atomic",
 ]

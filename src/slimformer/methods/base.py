@@ -1,5 +1,9 @@
-"""What every method shares: runtime options and the registry entry shape (torch-free:
-the registry and the CLI parser are built without importing torch)."""
+"""What every method shares: runtime options, the registry entry shape and the registry itself
+(torch-free: the registry and the CLI parser are built without importing torch).
+
+A method registers itself from its own package ``__init__.py`` with :func:`register_method`
+(see docs/extending.md); :mod:`slimformer.methods` only imports the method packages.
+"""
 
 from __future__ import annotations
 
@@ -62,3 +66,56 @@ class MethodSpec:
             return self.apply_ref
         module, _, function = self.apply_ref.partition(":")
         return getattr(importlib.import_module(module), function)
+
+
+#: every registered method by name, in registration order (see :func:`register_method`)
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, config_cls: type, apply: ApplyFn | str, **flags: Any) -> MethodSpec:
+    """Add a method to the registry (call it from the method package's ``__init__.py``).
+
+    Args:
+        name: the method's name (``--method NAME``, ``get_method(NAME)``).
+        config_cls: its config dataclass; :func:`spec_for_config` finds the method by this
+            exact type (a subclass is a different method and needs its own registration).
+        apply: ``"package.module:function"`` (imported on first use, so registering stays
+            torch-free) or the apply function itself.
+        flags: the :class:`MethodSpec` flags (``needs_calibration``, ``accepts_calibration``,
+            ``offload``).
+
+    Registering the same entry again is a no-op; another entry under a taken name, or a
+    config class that already belongs to another method, is a ValueError.
+    """
+    spec = MethodSpec(name, config_cls, apply, **flags)
+    if name in METHODS:
+        if METHODS[name] == spec:
+            return METHODS[name]
+        raise ValueError(f"method {name!r} is already registered (with {METHODS[name].config_cls.__name__})")
+    owner = next((s.name for s in METHODS.values() if s.config_cls is config_cls), None)
+    if owner is not None:
+        raise ValueError(f"{config_cls.__name__} is already the config of method {owner!r}")
+    METHODS[name] = spec
+    return spec
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """Registry lookup with a clear error listing the known methods."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(method_names())}")
+    return METHODS[name]
+
+
+def spec_for_config(config: Any) -> MethodSpec:
+    """The registry entry whose config class is exactly ``type(config)``."""
+    for spec in METHODS.values():
+        if type(config) is spec.config_cls:
+            return spec
+    raise TypeError(f"{type(config).__name__} is not a registered method config")
+
+
+__all__ = ["METHODS", "MethodSpec", "Runtime", "get_method", "method_names", "register_method", "spec_for_config"]

@@ -30,7 +30,13 @@ import os
 import re
 from typing import Any, Iterable, Mapping
 
-SUPPORTED_FORMAT_VERSIONS = (1,)
+#: Section versions this loader reads (``slimformer.core.plan.FORMAT_VERSION`` is the newest).
+#: 1: the original plan. 2: adds, all optional, per-block head shapes (``n_heads``,
+#: ``n_kv_heads``, ``head_dim``, ``qk_head_dim``, ``v_head_dim``), ``qk_index``, the residual
+#: channel sets of :data:`CHANNEL_SETS`, plan ``fused`` / ``tied_head`` and the section's
+#: ``weights_sha256``. Late v1 writers already wrote those fields, so both versions are checked
+#: by the same rules (a v1 section with them stays valid).
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 

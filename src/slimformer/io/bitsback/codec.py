@@ -42,7 +42,6 @@ import logging
 import lzma
 import math
 import os
-import shutil
 import struct
 import time
 from dataclasses import dataclass, field
@@ -299,29 +298,6 @@ def _meta_files(src: Path, weights: list[str]) -> list[Path]:
     return files
 
 
-def _write_file_atomic(path: Path, data: bytes) -> None:
-    """Write through an owner-named temporary sibling (see :mod:`slimformer.io.outputs`), then rename."""
-    from ..outputs import as_output_error, check_free_space, make_parents, make_temp_file, remove_dirs
-
-    check_free_space(path, len(data), "the pack file")
-    created = make_parents(path)
-    tmp = None
-    try:
-        fd, tmp = make_temp_file(path)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        remove_dirs(created)
-        raise as_output_error(exc, path) from None
-
-
 def _load_state(src: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     from safetensors.torch import load_file
 
@@ -474,7 +450,9 @@ def _encode(src: Path, out: str | os.PathLike, state: dict[str, torch.Tensor], n
     data = _container(header, words)
     if verify and plans:
         check_same_function(src, stored)
-    _write_file_atomic(Path(out), data)
+    from ..outputs import write_bytes_atomic
+
+    write_bytes_atomic(out, data, what="the pack file")
     n_weights = sum(t.numel() for t in state.values())
     stats = PackStats(
         file_bytes=len(data), payload_bits=32 * len(words), header_bytes=len(data) - 4 * len(words),
@@ -638,29 +616,19 @@ def _decode(
 def unpack(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> Path:
     """Decode a pack file into a model directory (written atomically; nothing is written on error)."""
     from ..format import DEFAULT_MAX_SHARD_BYTES, record_weights_sha256, write_weights
-    from ..outputs import (as_output_error, check_free_space, check_output_dir, commit_dir, make_parents,
-                           make_temp_dir, remove_dirs)
+    from ..outputs import check_free_space, check_output_dir, staged_dir
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"pack file not found: {path}")
     out = check_output_dir(out, overwrite, inputs=(path,)).absolute()
     check_free_space(out, unpacked_bytes(path), "the unpacked model")  # before decoding
     state, files = decode(path, progress=progress)
-    created = make_parents(out)
-    tmp = None
-    try:
-        tmp = make_temp_dir(out)
+    with staged_dir(out) as tmp:
         for name, content in files.items():
             (tmp / name).write_bytes(content)
         write_weights(state, tmp, DEFAULT_MAX_SHARD_BYTES)
         # the rotated weights are new files (verified above against the pack's own digest):
         # config.json's weights_sha256, if it records one, must describe them
         record_weights_sha256(tmp)
-        commit_dir(tmp, out)
-    except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        remove_dirs(created)
-        raise as_output_error(exc, out) from None
     logger.info("unpacked %s -> %s", path, out)
     return out

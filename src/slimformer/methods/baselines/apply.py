@@ -1,4 +1,4 @@
-"""Apply functions of the baselines: FASP's pipeline with another scorer."""
+"""Apply functions of the baselines: the shared structured-pruning pipeline with another scorer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter
+from .._shared.pruning import prune_structured
+from .._shared.wanda import WandaScorer
 from ..base import Runtime
-from ..fasp.apply import prune_structured
-from ..fasp.score import WandaScorer
 from .config import MagnitudeConfig, RandomConfig, WandaSPConfig
 from .score import MagnitudeScorer, RandomScorer
 

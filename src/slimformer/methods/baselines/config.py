@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...validate import check_int
-from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
+from .._shared.pruning_config import SHARED_ATTRIBUTES, PruningConfig
 
 
 @dataclass

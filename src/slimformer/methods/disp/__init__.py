@@ -6,6 +6,7 @@ gather/scatter slicing), ``apply`` (the method's entry point).
 """
 
 from ..._lazy import lazy_exports
+from ..base import register_method
 from .config import DISPConfig
 
 # everything but the config imports torch: loaded on first use
@@ -17,3 +18,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 
 __all__ = ["BlockMasks", "BlockShapes", "DISPConfig", "MaskHooks", "apply_disp", "block_shapes", "kept_params",
            "learn_masks", "prunable_params", "total_params"]
+
+# trains on all blocks at once: no offloading
+register_method("disp", DISPConfig, f"{__name__}.apply:apply_disp")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter
+from ...core.params import count_checked
 from ..base import Runtime
 from .config import DISPConfig
 from .masks import BlockMasks, block_shapes, kept_params, prunable_params, total_params
@@ -71,8 +72,6 @@ def apply_disp(model: nn.Module, adapter: ArchAdapter, config: DISPConfig, calib
     shapes = block_shapes(model, adapter)
     predicted = total_params(model) - prunable_params(shapes) + int(round(float(kept_params(shapes, masks))))
     export_disp(model, adapter, masks)
-    after = total_params(model)
-    if after != predicted:  # exact by construction; never misreport silently
-        logger.warning("DISP: predicted %d parameters, the exported model has %d", predicted, after)
+    count_checked(model, predicted, logger)  # exact by construction; a mismatch is logged
     report["params_predicted"] = predicted
     return report

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter
+from ...core.params import count_params
 
 logger = logging.getLogger("slimformer.methods.disp")
 
@@ -207,7 +208,7 @@ def prunable_params(shapes: Sequence[BlockShapes]) -> int:
 
 def total_params(model: nn.Module) -> int:
     """All (unique) parameters of ``model``; tied embeddings/head count once."""
-    return sum(p.numel() for p in model.parameters())
+    return count_params(model)
 
 
 def params_after(model: nn.Module, shapes: Sequence[BlockShapes], masks: Sequence[BlockMasks]) -> int:

@@ -7,7 +7,7 @@ orthonormal factor becomes the point's basis (:mod:`slimformer.methods.dotresize
 has the maths). Everything else -- norm fusion, one forward per sublayer,
 shortcuts between points of different widths, per-layer schedules and the
 exact-parameter bisection of ``target_params`` -- is SliceGPT's machinery
-(:func:`slimformer.methods.slicegpt.apply.slice_residual_stream`), so the two
+(:func:`slimformer.methods._shared.residual.slice_residual_stream`), so the two
 methods compare at exactly the same shapes and parameter counts.
 
 Choices where the paper's method section could not be read (METHODS.md marks
@@ -36,7 +36,7 @@ of its sources) and the writer ``W_down (T^+)^T`` (for a hard assignment: the su
 the sources' output columns). Blocks are processed in order on the outputs of the
 already merged blocks, and the kept counts (``sparsity`` or ``target_params`` by
 bisection on the exact count) come from the structured-pruning planner
-(:func:`slimformer.methods.fasp.apply.plan_counts`, MLP only), so the result has
+(:func:`slimformer.methods._shared.pruning.plan_counts`, MLP only), so the result has
 exactly the shapes of FASP / magnitude pruning with ``attention="none"``.
 """
 
@@ -48,7 +48,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ...arch import ArchAdapter, get_module
+from ...arch import ArchAdapter
 from ...calib.grams import WriterGrams, prune_layerwise
 from ...calib.residual import Point
 from ...calib.runner import capture_block_inputs
@@ -56,10 +56,10 @@ from ...calib.scores import block_scores
 from ...core.fuse import is_slim
 from ...core.params import ResidualWidths
 from ...core.shrink import merge_mlp_channels
+from .._shared.pruning import plan_counts
+from .._shared.pruning_config import PruningConfig
+from .._shared.residual import slice_residual_stream
 from ..base import Runtime
-from ..fasp.apply import plan_counts
-from ..fasp.config import PruningConfig
-from ..slicegpt.apply import slice_residual_stream
 from .config import DOTResizeConfig
 from .ot import dot_basis, select_targets
 
@@ -125,7 +125,7 @@ def apply_dotresize(
     """Plan widths, fuse norms, and merge the residual stream by optimal transport (in place).
 
     Returns SliceGPT's width/schedule report fields (see
-    :func:`~slimformer.methods.slicegpt.apply.slice_residual_stream`) plus
+    :func:`~slimformer.methods._shared.residual.slice_residual_stream`) plus
     ``kept_energy`` and ``transport`` (Sinkhorn iterations, marginal error and
     cost) per residual point.
     """

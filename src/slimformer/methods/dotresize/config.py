@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from ...validate import COSTS, SCHEDULE_NAMES, TARGET_INITS, TARGET_MARGINALS, check_budget, check_int
-from ..slicegpt.config import SliceGPTConfig
+from .._shared.widths import ResidualWidthsConfig
 
 #: entropic regularisation when none is given, per ``where``, relative to the largest cost
 #: (costs are divided by their maximum). The paper's value could not be read (METHODS.md).
@@ -24,7 +24,7 @@ WHERE = ("residual", "mlp")
 class DOTResizeConfig:
     """DOTResize settings. Give exactly one of ``sparsity`` or ``target_params``.
 
-    Widths (shared with SliceGPT, validated by :class:`SliceGPTConfig`, planned by
+    Widths (shared with SliceGPT, validated by :class:`ResidualWidthsConfig`, planned by
     :func:`slimformer.schedule.plan_schedule`):
 
     Attributes:
@@ -108,9 +108,9 @@ class DOTResizeConfig:
         if self.where == "mlp" and self.slice_head:
             raise ValueError("slice_head applies to where='residual' only")
 
-    def widths_config(self) -> SliceGPTConfig:
-        """The width/schedule part as a :class:`SliceGPTConfig` (same planning rules)."""
-        return SliceGPTConfig(
+    def widths_config(self) -> ResidualWidthsConfig:
+        """The width/schedule part as a :class:`ResidualWidthsConfig` (SliceGPT's planning rules)."""
+        return ResidualWidthsConfig(
             sparsity=self.sparsity, target_params=self.target_params, round_to=self.round_to,
             slice_head=self.slice_head, schedule=self.schedule, slicing_base=self.slicing_base,
             temperature=self.temperature, max_layer_sparsity=self.max_layer_sparsity,

@@ -31,7 +31,6 @@ Qwen3's per-head q/k norms act on the head dim: ``qk`` is refused there.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -45,6 +44,7 @@ from ...calib.runner import BlockInputs, block_on, capture_block_inputs
 from ...calib.scores import block_scores
 from ...calib.stats import Covariance
 from ...core.fuse import is_slim
+from ...core.params import count_params
 from ...core.plan import config_head_dim
 from ...core.shrink import keep_outputs
 from ...core.structures import (
@@ -57,11 +57,11 @@ from ...core.structures import (
     top_k,
 )
 from ...runtime.modeling_slimformer import attn_relative, set_attention_heads, set_qk_dims
-from ...schedule import Schedule, bisect_target, width_from_fraction
+from ...schedule import Schedule, solve_budget, width_from_fraction
+from .._shared.pruning import PrunePlan
 from ..base import Runtime
-from ..fasp.apply import PrunePlan
 from .config import MoDeGPTConfig
-from .solve import ridge_leverage_scores, rope_groups, select_qk_dims, vo_decompose
+from .solve import ridge_leverage_scores, select_qk_dims, vo_decompose
 
 logger = logging.getLogger("slimformer.methods.modegpt")
 
@@ -115,7 +115,7 @@ def plan_counts(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig, s
                 scores: Sequence[float] | None) -> PrunePlan:
     """Per-layer kept sizes from ``config.sparsity`` or, by bisection, ``config.target_params``."""
     layers = adapter.get_layers(model)
-    before = sum(p.numel() for p in model.parameters())
+    before = count_params(model)
     mods = config.module_set
 
     def build(sp: float) -> PrunePlan:
@@ -127,12 +127,8 @@ def plan_counts(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig, s
         after -= sum(_qk_removed(b, adapter, model.config, c.qk) for b, c in zip(layers, counts))
         return PrunePlan(sp, tuple(fs), counts, after, before)  # counts: ModuleCounts per layer
 
-    if config.sparsity is not None:
-        return build(config.sparsity)
-    plan = bisect_target(build, float(config.target_params), schedule.min_sparsity())  # type: ignore[arg-type]
-    logger.info("target %.4f of parameters -> mean fraction %.4f removes %.4f",
-                config.target_params, plan.sparsity, plan.removed_fraction)
-    return plan
+    return solve_budget(build, sparsity=config.sparsity, target_params=config.target_params,
+                        lo=schedule.min_sparsity(), label="MoDeGPT")
 
 
 # ----- the three rewrites ---------------------------------------------------------------------

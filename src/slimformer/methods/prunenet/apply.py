@@ -2,7 +2,7 @@
 
 No calibration data is read in this path: the policy sees only ``W1`` of every layer,
 and the rewrite is the shared structured-pruning path of FASP and the baselines
-(:func:`slimformer.methods.fasp.apply.prune_structured`, MLP channels only, no restoration).
+(:func:`slimformer.methods._shared.pruning.prune_structured`, MLP channels only, no restoration).
 The final keep-set of each layer is the top-``k`` channels by the policy's logits, so a
 trained policy prunes at any sparsity without retraining.
 """
@@ -20,8 +20,8 @@ from torch import nn
 from ...arch import ArchAdapter, get_module
 from ...core.structures import AttentionShape
 from ...schedule import make_schedule
+from .._shared.pruning import plan_counts, prune_structured
 from ..base import Runtime
-from ..fasp.apply import plan_counts, prune_structured
 from .config import PruneNetConfig
 from .policy import Policy, load_policy, policy_config, train_policy
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...validate import check_fraction, check_int
-from ..fasp.config import SHARED_ATTRIBUTES, PruningConfig
+from .._shared.pruning_config import SHARED_ATTRIBUTES, PruningConfig
 
 
 @dataclass

@@ -20,13 +20,10 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter
-from ...calib.residual import BasisChooser, Point, rotate_and_slice
-from ...calib.runner import capture_block_inputs
-from ...calib.scores import LayerScores, block_scores
+from ...calib.residual import Point
 from ...calib.stats import pca_basis
-from ...calib.offload import fuse_model
 from ...core.params import ResidualWidths
-from ...schedule import plan_schedule
+from .._shared.residual import slice_residual_stream
 from ..base import Runtime
 from .config import SliceGPTConfig
 
@@ -67,74 +64,12 @@ class PCAChooser:
         return Q[:, :k].clone()
 
 
-def slice_residual_stream(
-    model: nn.Module,
-    adapter: ArchAdapter,
-    widths_config: SliceGPTConfig,
-    calib_ids: torch.Tensor,
-    runtime: Runtime,
-    make_chooser: Callable[[ResidualWidths], BasisChooser],
-    label: str = "SliceGPT",
-) -> tuple[dict[str, Any], BasisChooser]:
-    """Plan residual widths, then fuse norms and rotate/slice with the chooser's bases (in place).
-
-    Shared by every method that picks one basis per residual point (SliceGPT,
-    DOTResize): only the :class:`~slimformer.calib.residual.BasisChooser` differs.
-
-    Steps: (1) if the schedule needs them, per-block BI/cosine scores from one
-    forward pass over ``calib_ids`` on the dense model; (2) per-point widths from
-    ``widths_config.sparsity`` or, by bisection on the exact parameter count,
-    ``widths_config.target_params`` (:func:`slimformer.schedule.plan_schedule`);
-    (3) fusion and one rotate-and-slice pass with ``make_chooser(widths)``.
-
-    Returns ``(report fields, chooser)``: ``schedule``, ``sparsity`` (mean slicing
-    used), ``layer_sparsity``, ``widths`` (per residual point), ``scores`` (when
-    computed), ``target_params`` ``{"requested", "achieved"}``, ``kept_width``
-    (uniform only).
-    """
-    d = model.config.hidden_size
-    schedule = widths_config.make_schedule()
-    scores: LayerScores | None = None
-    if schedule.needs_scores:
-        scores = block_scores(
-            model, adapter, calib_ids, runtime.batch_size, runtime.device,
-            runtime.offload_activations, runtime.progress,
-        )
-    plan = plan_schedule(
-        model, adapter, schedule, scores.bi if scores is not None else None,
-        sparsity=widths_config.sparsity, target_params=widths_config.target_params,
-        round_to=widths_config.resolved_round_to(), slice_head=widths_config.slice_head,
-    )
-    widths = plan.widths
-    logger.info(
-        "%s (%s): d=%d, mean slicing %.4f, layer widths %s",
-        label, plan.schedule, d, plan.sparsity, list(plan.layer_widths),
-    )
-    fuse_model(model, adapter)  # offloaded models fuse each block as it is loaded
-    inputs = capture_block_inputs(
-        model, adapter, calib_ids, runtime.batch_size, runtime.device, runtime.offload_activations
-    )
-    chooser = make_chooser(widths)
-    rotate_and_slice(model, adapter, inputs, chooser, runtime.device, runtime.progress)
-    report = plan.report()
-    after = sum(p.numel() for p in model.parameters())
-    if after != plan.params_after:  # the count is exact by construction; never silently misreport
-        logger.warning("predicted %d parameters, the compressed model has %d", plan.params_after, after)
-        if "target_params" in report:
-            report["target_params"]["achieved"] = 1.0 - after / plan.params_before
-    if plan.schedule == "uniform":
-        report["kept_width"] = widths.embed
-    if scores is not None:
-        report["scores"] = scores.to_dict()
-    return report, chooser
-
-
 def apply_slicegpt(
     model: nn.Module, adapter: ArchAdapter, config: SliceGPTConfig, calib_ids: torch.Tensor, runtime: Runtime
 ) -> dict[str, Any]:
     """Plan widths with the config's schedule, then fuse norms, rotate and slice (in place).
 
-    See :func:`slice_residual_stream`; the basis at each point is the top PCA
+    See :func:`slimformer.methods._shared.residual.slice_residual_stream`; the basis at each point is the top PCA
     directions (:class:`PCAChooser`). Returns its report fields plus
     ``kept_energy`` per residual point.
     """
@@ -146,3 +81,6 @@ def apply_slicegpt(
     report, chooser = slice_residual_stream(model, adapter, config, calib_ids, runtime, make_chooser)
     report["kept_energy"] = chooser.kept_energy  # type: ignore[attr-defined]
     return report
+
+
+__all__ = ["PCAChooser", "apply_slicegpt", "slice_residual_stream"]

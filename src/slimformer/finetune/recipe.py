@@ -1,23 +1,11 @@
-"""Recovery fine-tuning (RFT) of compressed models with LoRA, through ``peft``.
+"""The recovery fine-tune recipe: data streams, the LoRA training loop, held-out perplexity, merge and save.
 
-Slicing removes directions of the residual stream; a short low-rank fine-tune of
-the remaining weights on ordinary text recovers part of the lost quality (the
-SliceGPT paper does this with LoRA on instruction or language data). This module:
-
-1. loads a compressed model (a slimformer directory, a :class:`CompressionResult`
-   or a model object) and attaches LoRA adapters to the linears chosen by *role*
-   (``q k v o gate up down`` and optionally the residual shortcut maps
-   ``attn_shortcut mlp_shortcut``), resolved through the architecture adapter;
-2. trains them with AdamW (linear warm-up, cosine decay, gradient clipping,
-   gradient accumulation) on seeded random windows of a token stream, logging the
-   loss in a progress bar and, optionally, held-out perplexity every few steps;
-3. merges ``W <- W + (alpha / r) B A`` into the weights, so the result has exactly
-   the shapes of the input model and is saved in the normal format (it loads with
-   :func:`slimformer.load_model` and with ``trust_remote_code`` alone).
-
-The ``"slimformer"`` config section keeps the compression record untouched and
-gains a ``"finetune"`` record: settings, data identities, before/after perplexity,
-loss curve and the measured merge error.
+:func:`finetune` loads a compressed model (a slimformer directory, a
+:class:`CompressionResult` or a model object), attaches LoRA adapters (:mod:`.lora`),
+trains them with AdamW (linear warm-up, cosine decay, gradient clipping, gradient
+accumulation) on seeded random windows of a token stream, merges them and records
+settings, data identities, before/after perplexity, loss curve and the measured merge
+error as a ``"finetune"`` record in the ``"slimformer"`` config section.
 """
 
 from __future__ import annotations
@@ -39,123 +27,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .arch import ArchAdapter, get_adapter, get_module
-from .data import DataError, TextSource, load_text, tokenize_text
-from .eval.perplexity import PerplexityResult, perplexity
-# the settings and the role names are torch-free (the CLI parser uses them); re-exported here
-from .finetune_config import LINEAR_ROLES, SHORTCUT_ROLES, TARGET_ROLES, FinetuneConfig  # noqa: F401
-from .runtime.modeling_slimformer import GatherInLinear, ScatterOutLinear
+from ..arch import get_adapter
+from ..core.dtypes import to_torch_dtype
+from ..data import DataError, TextSource, load_text, tokenize_text
+from ..eval.perplexity import PerplexityResult, perplexity
+from ..finetune_config import FinetuneConfig
+from .lora import attach_lora, merge_lora, resolve_targets
 
 logger = logging.getLogger("slimformer.finetune")
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# ----------------------------------------------------------------------------- targets
-
-
-def _role_paths(adapter: ArchAdapter) -> dict[str, str]:
-    """Role -> block-level module path for the roles this family has."""
-    paths = {role: getattr(adapter, role) for role in LINEAR_ROLES if getattr(adapter, role) is not None}
-    paths.update({role: role for role in SHORTCUT_ROLES})
-    return paths
-
-
-def _aliases(adapter: ArchAdapter) -> dict[str, str]:
-    """Accepted target names -> role: roles themselves and the Hugging Face leaf names."""
-    names = {role: role for role in TARGET_ROLES}
-    for role, path in _role_paths(adapter).items():
-        names.setdefault(path.rsplit(".", 1)[-1], role)
-    return names
-
-
-def resolve_targets(model: nn.Module, targets: tuple[str, ...] | None) -> dict[str, list[str]]:
-    """Full module names of the LoRA targets, per role.
-
-    Args:
-        model: a (compressed) causal LM of a supported family.
-        targets: role names or Hugging Face leaf names; ``None`` = all linear roles.
-
-    Returns:
-        ``{role: [model-level module name, ...]}`` for every requested role.
-
-    Raises:
-        ValueError: an unknown name (the message lists the valid ones), or a role that
-            matches no module of this model (e.g. ``mlp_shortcut`` on an unrotated model).
-    """
-    adapter = get_adapter(model)
-    aliases = _aliases(adapter)
-    paths = _role_paths(adapter)
-    wanted = [r for r in LINEAR_ROLES if r in paths] if targets is None else list(targets)
-    unknown = [t for t in wanted if t not in aliases]
-    if unknown:
-        raise ValueError(
-            f"unknown LoRA target(s) {', '.join(unknown)} for a {adapter.name} model; valid targets: "
-            f"{', '.join(r for r in TARGET_ROLES if r in paths)} "
-            f"(or {', '.join(a for a in aliases if a not in TARGET_ROLES)})"
-        )
-    resolved: dict[str, list[str]] = {}
-    for role in dict.fromkeys(aliases[t] for t in wanted):
-        if role not in paths:
-            raise ValueError(f"LoRA target {role} does not exist in a {adapter.name} model; valid targets: "
-                             f"{', '.join(r for r in TARGET_ROLES if r in paths)}")
-        names = []
-        for i, block in enumerate(adapter.get_layers(model)):
-            module = getattr(block, role, None) if role in SHORTCUT_ROLES else get_module(block, paths[role])
-            if isinstance(module, (GatherInLinear, ScatterOutLinear)):
-                raise ValueError(f"LoRA cannot wrap {role} of block {i}: it reads/writes a subset of the residual "
-                                 "channels (a DISP model), which peft's LoRA layers do not know about; fine-tuning "
-                                 "DISP-compressed models is not supported yet")
-            if isinstance(module, nn.Linear):
-                names.append(f"{adapter.layers}.{i}.{paths[role]}")
-        if not names:
-            raise ValueError(f"LoRA target {role} matches no module: this model has no {role} "
-                             "(identity shortcuts are not stored); drop it from the targets")
-        resolved[role] = names
-    return resolved
-
-
-def attach_lora(model: nn.Module, config: FinetuneConfig) -> tuple[nn.Module, dict[str, list[str]]]:
-    """Wrap ``model`` in a peft LoRA model; only the LoRA weights are trainable.
-
-    The LoRA ``A`` matrices are initialised from ``config.seed`` and ``B = 0``, so the
-    wrapped model computes exactly what ``model`` computes until it is trained.
-
-    Returns:
-        ``(peft_model, {role: [module names]})``.
-    """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise RuntimeError(
-            "fine-tuning needs the peft package: pip install 'slimformer[finetune]' (or pip install peft)"
-        ) from exc
-
-    targets = resolve_targets(model, config.targets)
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
-        target_modules=[name for names in targets.values() for name in names],
-    )
-    torch.manual_seed(config.seed)
-    with warnings.catch_warnings():  # peft probes deprecated transformers attributes
-        warnings.simplefilter("ignore", FutureWarning)
-        peft_model = get_peft_model(model, lora)
-    return peft_model, targets
-
-
-def merge_lora(peft_model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight (``W + (alpha/r) B A``) and unwrap.
-
-    Returns the base model with plain ``nn.Linear`` modules of unchanged shapes.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model = peft_model.merge_and_unload()
-    left = [n for n, _ in model.named_modules() if "lora_" in n]
-    if left:
-        raise RuntimeError(f"LoRA merge left adapter modules behind (e.g. {left[0]}); cannot save a plain model")
-    return model.eval()
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -223,7 +102,7 @@ def _check_lengths(model: nn.Module, train: _Stream, config: FinetuneConfig) -> 
 
 def _windows(ids: torch.Tensor, batch: int, seqlen: int, generator: torch.Generator) -> torch.Tensor:
     """``[batch, seqlen]`` windows at uniform random offsets (seeded by ``generator``)."""
-    from .data import random_windows
+    from ..data import random_windows
 
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return random_windows(ids, batch, seqlen, seed)
@@ -342,7 +221,7 @@ class FinetuneResult:
 
     def save(self, out: str | os.PathLike, overwrite: bool = False) -> str:
         """Save in the normal compressed format (atomic; see :mod:`slimformer.io.format`)."""
-        from .io.format import save_compressed
+        from ..io.format import save_compressed
 
         source = getattr(self.model, "name_or_path", None) or None  # the input model: never replaced by ``out``
         return str(save_compressed(self.model, out, self.section, self.report, self.tokenizer, overwrite=overwrite,
@@ -353,9 +232,9 @@ def _source_model(
     model: Any, tokenizer: Any, dtype: str | None
 ) -> tuple[nn.Module, Any, dict[str, Any], dict[str, Any], str | None]:
     """Resolve a directory / CompressionResult / module to (model, tokenizer, section, report, path)."""
-    from .api import CompressionResult
-    from .core.plan import plan_from_model
-    from .io.format import load_model, read_section
+    from ..api import CompressionResult
+    from ..core.plan import plan_from_model
+    from ..io.format import load_model, read_section
 
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
@@ -368,11 +247,11 @@ def _source_model(
         report = json.loads(report_file.read_text()) if report_file.is_file() else {}
         return loaded, tokenizer if tokenizer is not None else tok, copy.deepcopy(section), report, path
     if isinstance(model, CompressionResult):
-        module = model.model.to(_DTYPES[dtype]) if dtype else model.model
+        module = model.model.to(to_torch_dtype(dtype)) if dtype else model.model
         tok = tokenizer if tokenizer is not None else model.tokenizer
         return module, tok, copy.deepcopy(model.section), copy.deepcopy(model.report), None
     if isinstance(model, nn.Module):
-        module = model.to(_DTYPES[dtype]) if dtype else model
+        module = model.to(to_torch_dtype(dtype)) if dtype else model
         section = {"method": None, "plan": plan_from_model(module, get_adapter(module)).to_dict()}
         return module, tokenizer, section, {}, None
     raise TypeError("model must be a slimformer output directory, a CompressionResult or a torch module")
@@ -392,26 +271,15 @@ def _probe_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def _save_adapter(peft_model: nn.Module, out: str | os.PathLike, overwrite: bool) -> str:
     """Write the peft adapter (``adapter_config.json`` + safetensors) atomically to ``out``."""
-    import shutil
-
-    from .io.outputs import ADAPTER_MARKER, check_output_dir, commit_dir, make_parents, make_temp_dir, remove_dirs
+    from ..io.outputs import ADAPTER_MARKER, check_output_dir, staged_dir
 
     out = check_output_dir(out, overwrite, what="adapter directory").absolute()
-    created = make_parents(out)
-    tmp = None
-    try:
-        tmp = make_temp_dir(out)
+    with staged_dir(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model.save_pretrained(str(tmp), safe_serialization=True)
         # marks the directory as slimformer's, so a later --overwrite may replace it
         (tmp / ADAPTER_MARKER).write_text(json.dumps({"kind": "lora-adapter"}) + "\n")
-        commit_dir(tmp, out)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        remove_dirs(created)
-        raise
     return str(out)
 
 
@@ -460,7 +328,7 @@ def finetune(
     """
     config = dataclasses.replace(config, **overrides) if config is not None else FinetuneConfig(**overrides)
     if keep_adapter is not None:
-        from .io.outputs import check_output_dir
+        from ..io.outputs import check_output_dir
 
         check_output_dir(keep_adapter, overwrite, inputs=(model if isinstance(model, (str, os.PathLike)) else None,),
                          what="adapter directory")
@@ -510,7 +378,7 @@ def _record(
     """The JSON record of one fine-tune (stored in the config section and the report)."""
     import peft
 
-    from .api import library_versions
+    from ..api import library_versions
 
     return {
         "method": "lora",
@@ -536,4 +404,4 @@ def _record(
     }
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "attach_lora", "finetune", "merge_lora", "resolve_targets", "train_lora"]
+__all__ = ["FinetuneResult", "finetune", "lr_factor", "train_lora"]
