@@ -130,18 +130,27 @@ def test_sigterm_offload_disk_midway_cleans_up_at_once(tmp_path: Path, workload:
     assert list(tmp_path.iterdir()) == []  # no output, no temporaries, no activation files
 
 
+@pytest.fixture(scope="module")
+def previous_output(tmp_path_factory: pytest.TempPathFactory, workload: dict[str, Path]) -> Path:
+    """A finished output of the workload, made once; each test works on its own copy."""
+    out = tmp_path_factory.mktemp("previous") / "out"
+    _finish(_cmd(workload, out))
+    return out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_kill_during_save_keeps_previous_output(tmp_path: Path, workload: dict[str, Path], sig: int) -> None:
+def test_kill_during_save_keeps_previous_output(tmp_path: Path, workload: dict[str, Path], previous_output: Path,
+                                                sig: int) -> None:
     out = tmp_path / "out"
-    first = _cmd(workload, out)
-    _finish(first)
+    shutil.copytree(previous_output, out)
     before = _snapshot(out)
     again = _cmd(workload, out, "--overwrite", "--seed", "1")
     res = _start_and_signal(again, tmp_path, _saving, sig)
     assert res.returncode in (-signal.SIGKILL, 130), res.stderr
     assert _snapshot(out) == before  # the previous output, untouched
-    if sig == signal.SIGTERM:
+    if sig == signal.SIGTERM:  # cleaned up at once
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    _finish(again)  # next run: completes, and no temporaries remain
+        return
+    _finish(again)  # after SIGKILL, the next run completes and no temporaries remain
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert _snapshot(out) != before
