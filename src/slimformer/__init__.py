@@ -15,7 +15,8 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 _EXPORTS = {
-    **{n: ".api" for n in ("CompressionResult", "compress", "compress_offloaded", "count_params", "load_model")},
+    **{n: ".api" for n in ("CompressionResult", "compress", "compress_offloaded", "count_params", "export",
+                               "load_model")},
     **{n: ".arch" for n in ("UnsupportedModelError", "supported_model_types")},
     **{n: ".methods" for n in ("SliceGPTConfig", "FASPConfig", "MagnitudeConfig", "RandomConfig", "WandaSPConfig",
                                "DOTResizeConfig", "MoDeGPTConfig", "PruneNetConfig", "DISPConfig")},
@@ -44,7 +45,7 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what static checkers and IDEs see
     from . import data
-    from .api import CompressionResult, compress, compress_offloaded, count_params, load_model
+    from .api import CompressionResult, compress, compress_offloaded, count_params, export, load_model
     from .arch import UnsupportedModelError, supported_model_types
     from .finetune import FinetuneConfig, FinetuneResult, finetune
     from .methods import (DISPConfig, DOTResizeConfig, FASPConfig, MagnitudeConfig, MoDeGPTConfig, PruneNetConfig,
@@ -69,6 +70,7 @@ __all__ = [
     "compress_offloaded",
     "count_params",
     "data",
+    "export",
     "finetune",
     "load_model",
     "supported_model_types",

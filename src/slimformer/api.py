@@ -22,6 +22,7 @@ from .core.plan import ShapePlan, plan_from_model
 from .io.format import load_model, save_compressed
 from .memory import peak_rss_mb, reset_peak_rss, rss_mb, use_mmap_for_large_blocks
 from .methods import METHODS, Runtime, spec_for_config
+from .validate import EXPORT_TARGETS
 
 logger = logging.getLogger("slimformer.api")
 
@@ -46,11 +47,15 @@ class CompressionResult:
     tokenizer: Any = None
     artifacts: dict[str, bytes] = field(default_factory=dict)
 
-    def save(self, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False, plain: bool = False) -> str:
+    def save(self, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False,
+             plain: bool | None = None) -> str:
         """Save as a Hugging Face directory (see :mod:`slimformer.io.format`).
 
-        ``plain=True`` writes an ordinary config that loads without remote code, or
-        raises :class:`~slimformer.io.format.PlainExportError` saying why it cannot.
+        ``plain=None`` (default) writes an ordinary config that loads without remote code
+        whenever one can describe the model (uniform MLP widths and head counts, no rotated
+        residual stream; :func:`slimformer.io.targets.plain_blockers`), else the remote-code
+        format; ``plain=True`` insists (raises :class:`~slimformer.io.format.PlainExportError`
+        saying why it cannot); ``plain=False`` always writes the remote-code format.
         """
         if any(p.device.type == "meta" for p in self.model.parameters()):
             raise ValueError("this model was compressed offloaded: its blocks were written to the output directory "
@@ -281,3 +286,34 @@ def provenance(calib: Any, seed: int | None, before: int, after: int, base: Any)
 
 
 __all__ = ["CompressionResult", "compress", "compress_offloaded", "count_params", "load_model"]
+
+
+def export(model: str | os.PathLike | nn.Module, out: str | os.PathLike, to: str = "gguf", dtype: str = "f32",
+           overwrite: bool = False) -> str:
+    """Write a compressed (or dense) model for another runtime.
+
+    Args:
+        model: a slimformer output directory, any HF model directory or hub id, or a loaded
+            model (``gguf`` only).
+        to: ``"gguf"``: one GGUF file llama.cpp runs (llama, mistral, qwen2, qwen3; whole-head
+            or MLP pruning, any per-layer widths; see :mod:`slimformer.io.gguf_export`);
+            ``"hf"``: a directory with an ordinary transformers config (no remote code), for
+            uniform shapes.
+        dtype: GGUF weight type: ``f32`` (exact), ``f16``, ``bf16`` or ``q8_0``.
+        overwrite: replace an existing output of the same kind.
+
+    Raises:
+        ValueError: the target cannot hold the model (the message names the structure and the
+            options that give an exportable model), or an unknown target; nothing is written.
+    """
+    if to == "gguf":
+        from .io.gguf_export import export_gguf
+
+        return str(export_gguf(model, out, dtype=dtype, overwrite=overwrite))
+    if to == "hf":
+        if isinstance(model, nn.Module):
+            raise TypeError("export(to='hf') takes a saved directory; for a result in memory use result.save(out)")
+        from .io.format import export_plain
+
+        return str(export_plain(model, out, overwrite=overwrite))
+    raise ValueError(f"unknown export target {to!r}: use one of {', '.join(EXPORT_TARGETS)}")

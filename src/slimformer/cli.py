@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="compress and report without saving (instead of --out)")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     c.add_argument("--plain", action="store_true",
-                   help="save an ordinary HF config (no remote code); only for uniform MLP-width pruning")
+                   help="insist on an ordinary HF config (no remote code) and fail saying why when the model needs "
+                        "one; without it a model is saved plain whenever its shapes allow (uniform MLP widths and "
+                        "head counts, no rotated residual stream)")
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_method_options(c)
 
@@ -124,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_finetune_parser(sub)
     _add_pack_parsers(sub)
     _add_verify_parser(sub)
+    _add_export_parser(sub)
     return p
 
 
@@ -217,7 +220,7 @@ def _compress(args: argparse.Namespace, config: Any, device: str, info: Any) -> 
     result.report["rss_before_load_mb"] = round(rss_before_load, 1)
     _print_compression(result.report)
     if args.out:
-        out = result.save(args.out, overwrite=args.overwrite, plain=args.plain)
+        out = result.save(args.out, overwrite=args.overwrite, plain=True if args.plain else None)
         print(f"saved to {out}")
     else:
         print("dry run: nothing saved (pass --out DIR to save)")
@@ -543,11 +546,42 @@ def _verify_forward(path: Path, checked: Any, device: str) -> str:
     return f"loaded and ran a forward pass (logits {list(logits.shape)}, all finite)"
 
 
+def _add_export_parser(sub: Any) -> None:
+    """``slimformer export DIR --to gguf|hf --out PATH``."""
+    x = sub.add_parser("export", help="write a model for another runtime: GGUF for llama.cpp, or a plain HF config")
+    x.add_argument("dir", help="slimformer output directory (or any HF model directory / hub id for --to gguf)")
+    x.add_argument("--to", required=True, help="target: gguf (one file llama.cpp runs) or hf (a directory with an "
+                                               "ordinary transformers config, no remote code)")
+    x.add_argument("--out", required=True, help="GGUF file (--to gguf) or directory (--to hf), written atomically")
+    x.add_argument("--dtype", default="f32", help="GGUF weight type: f32 (exact, default), f16, bf16 or q8_0")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output of the same kind")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .validate import EXPORT_TARGETS
+
+    if args.to not in EXPORT_TARGETS:  # before torch is imported: a typo fails at once
+        raise ValueError(f"unknown export target {args.to!r}: use one of {', '.join(EXPORT_TARGETS)}")
+    if args.to == "gguf":
+        from .validate import GGUF_DTYPES
+
+        if args.dtype not in GGUF_DTYPES:
+            raise ValueError(f"--dtype for GGUF must be one of {', '.join(GGUF_DTYPES)}, got {args.dtype!r}")
+    elif args.dtype != "f32":
+        raise ValueError("--dtype applies to --to gguf only (--to hf keeps the saved dtype)")
+    from .api import export
+
+    out = export(args.dir, args.out, to=args.to, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"exported {args.dir} -> {out} ({args.to})")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io.info import format_info, read_info
+    from .runtime.plan_schema import read_config_json
 
     section = read_info(args.dir)
-    print(json.dumps(section, indent=2) if args.json_out else format_info(section))
+    print(json.dumps(section, indent=2) if args.json_out else format_info(section, read_config_json(args.dir)))
     return 0
 
 
@@ -622,7 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _quiet_hf_progress()
         commands = {"compress": _cmd_compress, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench,
                     "report": _cmd_report, "finetune": _cmd_finetune,
-                    "pack": _cmd_pack, "unpack": _cmd_unpack, "verify": _cmd_verify}
+                    "pack": _cmd_pack, "unpack": _cmd_unpack, "verify": _cmd_verify,
+                    "export": _cmd_export}
         return commands[args.command](args)
     except KeyboardInterrupt:
         if verbose:

@@ -30,6 +30,15 @@ GRAM_DTYPES: tuple[str, ...] = ("float64", "float32")
 #: dtypes a model may be loaded, trained or saved in (``--dtype``)
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
+#: ``slimformer export --to``: GGUF (llama.cpp) or a plain transformers directory
+EXPORT_TARGETS: tuple[str, ...] = ("gguf", "hf")
+
+#: weight types of a GGUF export (``--dtype``); 1-D tensors always stay f32
+GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
+
+#: ``--exportable``: restrict a pruning method to structures the target can hold
+EXPORTABLE: tuple[str, ...] = ("none", "gguf", "hf")
+
 #: DOTResize optimal transport (:mod:`slimformer.methods.dotresize.ot`): activation
 #: distances between neurons, how the target neurons are chosen, their marginals
 COSTS: tuple[str, ...] = ("l2", "sqeuclidean")

@@ -49,40 +49,28 @@ class PlainExportError(ValueError):
 def plain_config_changes(model: nn.Module) -> dict[str, Any]:
     """Config fields that make a plain HF config describe ``model``, or raise saying why not.
 
-    Expressible: the original block structure (no rotated residual stream) with the
-    same MLP width in every layer and unchanged attention shapes.
+    Expressible (:func:`slimformer.io.targets.plain_blockers`): the original block structure
+    (no rotated residual stream, no channel subsets, whole heads only) with the same MLP width
+    and the same head counts in every layer; fewer heads are written as
+    ``num_attention_heads`` / ``num_key_value_heads`` with an explicit ``head_dim``.
     """
-    from ..arch import get_adapter, get_module
-    from ..core.fuse import is_slim
+    from ..arch import get_adapter
+    from ..core.plan import plan_from_model
+    from .targets import base_head_dim, head_counts, plain_blockers
 
     adapter = get_adapter(model)
-    if is_slim(model, adapter):
-        raise PlainExportError(
-            "a plain config cannot express this model: its residual stream was rotated/sliced "
-            "(shortcut matrices, per-layer residual widths, norms folded into the linears); "
-            "save without plain=True - the directory then loads with trust_remote_code=True"
-        )
-    if any(isinstance(m, (runtime.GatherInLinear, runtime.ScatterOutLinear)) for m in model.modules()):
-        raise PlainExportError(
-            "a plain config cannot express this model: its sublayers read/write subsets of the residual "
-            "channels (DISP gather/scatter index sets); save without plain=True - the directory then loads "
-            "with trust_remote_code=True"
-        )
-    cfg = model.config
-    widths = sorted({get_module(b, adapter.up).out_features for b in adapter.get_layers(model)})
-    if len(widths) > 1:
-        raise PlainExportError(f"a plain config cannot express per-layer MLP widths {widths}: it has one "
-                               f"{adapter.mlp_width_config_attr}; save without plain=True")
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    for i, block in enumerate(adapter.get_layers(model)):
-        shapes = [get_module(block, p).weight.shape for p in (adapter.q, adapter.k, adapter.v, adapter.o)]
-        expected = [(cfg.num_attention_heads * head_dim, cfg.hidden_size), (n_kv * head_dim, cfg.hidden_size),
-                    (n_kv * head_dim, cfg.hidden_size), (cfg.hidden_size, cfg.num_attention_heads * head_dim)]
-        if [tuple(s) for s in shapes] != expected:
-            raise PlainExportError(f"a plain config cannot express the attention shapes of layer {i}; "
-                                   "save without plain=True")
-    return {adapter.mlp_width_config_attr: widths[0]}
+    plan = plan_from_model(model, adapter).to_dict()
+    cfg = model.config.to_dict()
+    blockers = plain_blockers(plan, cfg)
+    if blockers:
+        raise PlainExportError(f"a plain config cannot express this model: {blockers[0]}")
+    changes: dict[str, Any] = {adapter.mlp_width_config_attr: plan["blocks"][0]["mlp_width"]}
+    heads = head_counts(plan, cfg)[0]
+    if heads != head_counts({"blocks": [{}]}, cfg)[0]:
+        changes.update(num_attention_heads=heads[0], head_dim=base_head_dim(cfg))
+        if "num_key_value_heads" in cfg:
+            changes["num_key_value_heads"] = heads[1]
+    return changes
 
 
 def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
@@ -199,7 +187,7 @@ def save_compressed(
     tokenizer: Any = None,
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    plain: bool = False,
+    plain: bool | None = None,
     extra_files: dict[str, bytes] | None = None,
     inputs: tuple[str | os.PathLike | None, ...] = (),
 ) -> Path:
@@ -209,20 +197,50 @@ def save_compressed(
         section: the ``"slimformer"`` config section (must contain ``plan``).
         report: written to ``slimformer_report.json``.
         tokenizer: saved alongside when given.
-        plain: write an ordinary HF config (no remote code) or raise
-            :class:`PlainExportError` saying why the model needs one.
+        plain: ``True``: write an ordinary HF config (no remote code) or raise
+            :class:`PlainExportError` saying why the model needs one; ``None`` (default): an
+            ordinary config whenever it can describe the model, else the remote-code format;
+            ``False``: always the remote-code format.
         extra_files: more files (plain names -> bytes) to write into the directory.
         inputs: paths the run read (model, data, ...): ``out`` may not be or contain one
             (see :func:`slimformer.io.outputs.check_output_dir` for what ``overwrite`` may replace).
     """
-    plain_changes = plain_config_changes(model) if plain else None
+    plain_changes = None
+    if plain or plain is None:
+        try:
+            plain_changes = plain_config_changes(model)
+        except PlainExportError as exc:
+            if plain:
+                raise PlainExportError(f"{exc}; save without plain=True - the directory then loads with "
+                                       "trust_remote_code=True") from None
     out = check_output_dir(out, overwrite, inputs=inputs).absolute()
-    section = {"format_version": FORMAT_VERSION, **section, "plain": bool(plain)}
+    section = {"format_version": FORMAT_VERSION, **section, "plain": plain_changes is not None}
     with staged_dir(out) as tmp:
         nbytes = write_weights(untied_state(model), tmp, max_shard_bytes)
         write_metadata(model, tmp, section, report, tokenizer, plain_changes, extra_files)
     logger.info("saved compressed model to %s (%.2f MB of weights)", out, nbytes / 2**20)
     return out
+
+
+def export_plain(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Re-save the slimformer directory ``source`` with an ordinary HF config (no remote code).
+
+    Raises :class:`PlainExportError` (saying which structure needs the remote code and which
+    options avoid it) when a plain config cannot describe the model; nothing is written then.
+    """
+    section = read_section(source) if os.path.isdir(source) else None
+    if section is None:
+        raise ValueError(f"{source} is not a slimformer output directory; a model without a 'slimformer' "
+                         "section already loads with plain transformers")
+    if section.get("plain"):
+        raise ValueError(f"{source} already has an ordinary config: it loads with plain transformers as it is")
+    check_output_dir(out, overwrite, inputs=(source,))
+    model, tokenizer = load_model(source)
+    plain_config_changes(model)  # raises, before anything is written, when a config cannot express it
+    report_path = Path(source) / "slimformer_report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    keep = {k: v for k, v in section.items() if k not in ("format_version", "plain", "weights_sha256")}
+    return save_compressed(model, out, keep, report, tokenizer, overwrite=overwrite, plain=True, inputs=(source,))
 
 
 def read_section(path: str | os.PathLike) -> dict[str, Any] | None:

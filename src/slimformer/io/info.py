@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.plan_schema import read_config_json, validate_section
+from .targets import export_targets, format_targets
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -28,8 +29,12 @@ def read_info(path: str | os.PathLike) -> dict[str, Any]:
     return section
 
 
-def format_info(section: dict[str, Any]) -> str:
-    """Human-readable summary of a saved model's ``"slimformer"`` section."""
+def format_info(section: dict[str, Any], config: dict[str, Any] | None = None) -> str:
+    """Human-readable summary of a saved model's ``"slimformer"`` section.
+
+    With the directory's ``config`` (the parsed ``config.json``), it also says where the model
+    runs: remote code, plain transformers, llama.cpp (:mod:`slimformer.io.targets`).
+    """
     prov = section.get("provenance", {})
     plan = section["plan"]
     before, after = prov.get("params_before"), prov.get("params_after")
@@ -51,6 +56,9 @@ def format_info(section: dict[str, Any]) -> str:
         lines.append(f"finetune        LoRA r={ft['config']['lora_r']} on {','.join(ft['targets'])}, {ft['steps_done']} steps; "
                      f"held-out ppl {ft['ppl_before']['ppl']:.4f} -> {ft['ppl_after']['ppl']:.4f} "
                      f"({ft['eval_data'].get('name')})")
+    if config is not None:
+        plain = bool(section.get("plain"))
+        lines += format_targets(export_targets(plan, config, plain), plain)
     header = ("layer", "d_in", "d_mid", "d_out", "q/k/v out", "mlp", "shortcuts")
     rows = [header] + [
         (str(i), str(b["d_in"]), "-" if b["d_mid"] is None else str(b["d_mid"]), str(b["d_out"]),

@@ -32,7 +32,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 logger = logging.getLogger("slimformer.io.outputs")
 
@@ -175,6 +175,23 @@ def _replace_with(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an owner-named temporary sibling of ``path`` to write; on success it is renamed over
+    ``path`` (default file mode), on any failure removed, and an OS error names ``path``."""
+    path = Path(path)
+    fd, tmp = make_temp_file(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _default_mode(Path(tmp), 0o666)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise as_output_error(exc, path) from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...validate import ATTENTION_MODES, GRAM_DTYPES, SCHEDULE_NAMES, check_budget, check_int, check_schedule
+from ...validate import ATTENTION_MODES, EXPORTABLE, GRAM_DTYPES, SCHEDULE_NAMES, check_budget, check_int, check_schedule
 
 
 #: the ``Attributes:`` entries every pruning config shares (appended to each docstring,
@@ -29,6 +29,10 @@ SHARED_ATTRIBUTES = """
             hardware-friendly shapes on large models).
         gram_dtype: dtype of each calibration batch's X^T X product, float64 (default)
             or float32 (faster for wide MLPs, much faster on GPUs); sums stay float64.
+        exportable: keep the result deployable: ``gguf`` (llama.cpp) prunes whole GQA
+            groups instead of value channels (``attention="channels"`` becomes ``"heads"``);
+            ``hf`` (a plain transformers config) also needs ``schedule="uniform"``, so every
+            layer keeps the same heads and MLP width. ``none`` (default): no restriction.
 """
 
 
@@ -42,6 +46,7 @@ class PruningConfig:
     damping: float = 0.01
     round_to: int = 1
     gram_dtype: str = field(default="float64", metadata={"choices": GRAM_DTYPES})
+    exportable: str = field(default="none", metadata={"choices": EXPORTABLE})
 
     method = ""
 
@@ -56,6 +61,13 @@ class PruningConfig:
         self.round_to = check_int("round_to", self.round_to, 1)
         if self.gram_dtype not in GRAM_DTYPES:
             raise ValueError(f"gram_dtype must be {' or '.join(GRAM_DTYPES)}, got {self.gram_dtype!r}")
+        if self.exportable not in EXPORTABLE:
+            raise ValueError(f"exportable must be one of {', '.join(EXPORTABLE)}, got {self.exportable!r}")
+        if self.exportable != "none" and self.attention == "channels":
+            self.attention = "heads"  # value channels per head are in no GGUF or HF config: whole GQA groups
+        if self.exportable == "hf" and self.schedule != "uniform":
+            raise ValueError(f"exportable='hf' needs schedule 'uniform' (a config has one MLP width and one head "
+                             f"count), got {self.schedule!r}; use exportable='gguf' for per-layer widths")
 
     @property
     def restores(self) -> bool:
