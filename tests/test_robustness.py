@@ -193,6 +193,8 @@ def test_readonly_out(root: Path, readonly_dir: Path, capsys: pytest.CaptureFixt
     assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(readonly_dir / "x"), "--no-progress"], capsys,
                    "cannot write")
     assert_refused(root, ["pack", str(root / "sliced"), str(readonly_dir / "x.sfbb")], capsys, "cannot write")
+    assert_refused(root, ["export", str(root / "model"), "--to", "gguf", "--out", str(readonly_dir / "x.gguf")],
+                   capsys, "cannot write")
 
 
 @pytest.fixture
@@ -209,6 +211,8 @@ def test_full_disk_is_refused_before_the_work(root: Path, small_fs: Path, capsys
     assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(small_fs / "x"), "--no-progress"], capsys,
                    "not enough free space")
     assert_refused(root, ["pack", str(root / "sliced"), str(small_fs / "x.sfbb")], capsys, "not enough free space")
+    assert_refused(root, ["export", str(root / "model"), "--to", "gguf", "--out", str(small_fs / "x.gguf")], capsys,
+                   "not enough free space")
 
 
 def test_full_disk_during_write(root: Path, small_fs: Path, capsys: pytest.CaptureFixture,
@@ -219,6 +223,11 @@ def test_full_disk_during_write(root: Path, small_fs: Path, capsys: pytest.Captu
     monkeypatch.setattr(outputs, "check_free_space", lambda *a, **k: None)
     monkeypatch.setattr(outputs, "SPACE_MARGIN_BYTES", 0)
     import slimformer.io.bitsback.codec  # noqa: F401  (its lazy imports read the patched module)
+    import slimformer.io.gguf_export as gguf_export
+
+    monkeypatch.setattr(gguf_export, "check_free_space", lambda *a, **k: None)
+    assert_refused(root, ["export", str(root / "model"), "--to", "gguf", "--out", str(small_fs / "x.gguf")], capsys,
+                   "No space left")
 
     assert_refused(root, _compress(root, "--out", str(small_fs / "x")), capsys, "No space left")
     assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(small_fs / "x"), "--no-progress"], capsys,
@@ -244,6 +253,36 @@ def test_injected_enospc_while_saving(root: Path, capsys: pytest.CaptureFixture,
     assert_refused(root, _compress(root, "--out", str(root / "new" / "deeper")), capsys, "No space left")
     assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(root / "unpacked"), "--no-progress"], capsys,
                    "No space left")
+
+
+def test_export_refusals(root: Path, capsys: pytest.CaptureFixture) -> None:
+    """Bad export requests: one line each, nothing written (the GGUF file is staged, then renamed)."""
+    gg = ["--to", "gguf", "--out"]
+    assert_refused(root, ["export", str(root / "sliced"), *gg, str(root / "x.gguf")], capsys, "rotated and sliced")
+    assert_refused(root, ["export", str(root / "model"), "--to", "ggml", "--out", str(root / "x")], capsys,
+                   "unknown export target 'ggml'")
+    assert_refused(root, ["export", str(root / "model"), *gg, str(root / "missing" / "x.gguf")], capsys,
+                   "does not exist")
+    assert_refused(root, ["export", str(root / "model"), *gg, str(root / "precious" / "f")], capsys, "already exists")
+    assert_refused(root, ["export", str(root / "model"), *gg, str(root / "precious" / "f"), "--overwrite"], capsys,
+                   "not a file slimformer wrote")
+    assert_refused(root, ["export", str(root / "model"), *gg, str(root / "model")], capsys, "is the input")
+    assert_refused(root, ["export", str(root / "model"), *gg, str(root / "x.gguf"), "--dtype", "q4_0"], capsys,
+                   "--dtype for GGUF")
+    assert_refused(root, ["export", str(root / "nope"), *gg, str(root / "x.gguf")], capsys, "not found")
+    assert_refused(root, ["export", str(root / "sliced"), "--to", "hf", "--out", str(root / "y")], capsys,
+                   "rotated and sliced")
+
+
+def test_export_overwrite_replaces_only_gguf_files(root: Path, capsys: pytest.CaptureFixture) -> None:
+    out = root / "m.gguf"
+    argv = ["export", str(root / "model"), "--to", "gguf", "--out", str(out)]
+    assert run_cli(argv, capsys)[0] == 0
+    assert out.read_bytes()[:4] == b"GGUF"
+    assert_refused(root, argv, capsys, "already exists")
+    code, _, err = run_cli(argv + ["--overwrite", "--dtype", "f16"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in root.iterdir()) == ["data", "m.gguf", "model", "precious", "sliced", "sliced.sfbb"]
 
 
 @pytest.mark.parametrize("cmd", ["eval", "bench", "finetune"])

@@ -27,6 +27,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -335,6 +336,8 @@ def clean_stale(out: str | os.PathLike) -> list[Path]:
 def as_output_error(exc: BaseException, out: str | os.PathLike) -> BaseException:
     """An OS error met while writing a temporary, re-aimed at the output the user named (the
     temporary is gone by the time the message is read); other exceptions unchanged."""
+    if isinstance(exc, OSError) and exc.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(exc)):
+        exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # numpy's short write (tofile) on a full disk
     if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, OutputSpaceError):
         err = OSError(exc.errno, f"{exc.strerror or os.strerror(exc.errno)} while writing", str(out))
         err.__cause__ = exc
