@@ -20,7 +20,9 @@ The maths of the conversion (nothing is approximated at ``f32``):
   order): no reordering.
 * Norms, biases and the tied head are copied (llama.cpp re-ties a missing ``output.weight``).
 
-Quantised outputs (``f16``, ``bf16``, ``q8_0``) round the 2-D weights; 1-D tensors (norms,
+Tensors are converted and written one at a time (the header first declares them all), so
+the export needs the model plus one converted tensor in memory, never a second copy of
+the model. Quantised outputs (``f16``, ``bf16``, ``q8_0``) round the 2-D weights; 1-D tensors (norms,
 biases) stay ``f32``, and ``q8_0`` keeps ``f16`` for rows whose length is not a multiple of
 its block of 32 (logged).
 """
@@ -31,7 +33,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -94,29 +96,61 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class _TensorSink:
-    """Adds tensors to a ``gguf.GGUFWriter`` in the requested dtype (1-D tensors stay f32)."""
+    """The tensors of the file, converted and written one at a time (peak memory: one tensor).
 
-    def __init__(self, writer: Any, dtype: str) -> None:
-        self.writer, self.dtype = writer, dtype
+    :meth:`add` records a name and how to get the tensor (a parameter, or a reordering of
+    one); :meth:`write_info` declares every tensor (name, shape, type, bytes) to the
+    ``gguf.GGUFWriter`` before the data; :meth:`write_data` converts and writes each in turn.
+    2-D tensors take the requested dtype; 1-D ones (norms, biases) stay f32.
+    """
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+        self.items: list[tuple[str, Callable[[], torch.Tensor], tuple[int, ...]]] = []
         self.fallbacks: list[str] = []
 
-    def add(self, name: str, t: torch.Tensor) -> None:
+    def add(self, name: str, t: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.items.append((name, (lambda: t) if transform is None else (lambda: transform(t)), tuple(t.shape)))
+
+    def _qtype(self, name: str, shape: tuple[int, ...]) -> Any:
         import gguf
 
-        a = _np(t)
-        if a.ndim == 1 or self.dtype == "f32":
-            self.writer.add_tensor(name, a)
-        elif self.dtype == "f16":
-            self.writer.add_tensor(name, a.astype(np.float16))
-        elif self.dtype == "bf16":
-            q = gguf.quants.quantize(a, gguf.GGMLQuantizationType.BF16)
-            self.writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.BF16)
-        elif a.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]:
+        Q = gguf.GGMLQuantizationType
+        if len(shape) == 1 or self.dtype == "f32":
+            return Q.F32
+        if self.dtype == "f16":
+            return Q.F16
+        if self.dtype == "bf16":
+            return Q.BF16
+        if shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
             self.fallbacks.append(name)
-            self.writer.add_tensor(name, a.astype(np.float16))
-        else:
-            q = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)
-            self.writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            return Q.F16
+        return Q.Q8_0
+
+    def write_info(self, writer: Any) -> None:
+        import gguf
+
+        Q = gguf.GGMLQuantizationType
+        self.qtypes = [self._qtype(name, shape) for name, _, shape in self.items]
+        for (name, _, shape), q in zip(self.items, self.qtypes):
+            byte_shape = gguf.quant_shape_to_byte_shape(shape, q)
+            nbytes = int(np.prod(byte_shape))
+            if q in (Q.F32, Q.F16):
+                writer.add_tensor_info(name, shape, np.dtype(np.float32 if q == Q.F32 else np.float16), nbytes)
+            else:  # quantised types are declared as their bytes, as gguf.GGUFWriter.add_tensor does
+                writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=q)
+
+    def write_data(self, writer: Any) -> None:
+        import gguf
+
+        Q = gguf.GGMLQuantizationType
+        for (_, get, _), q in zip(self.items, self.qtypes):
+            a = _np(get())
+            if q == Q.F16:
+                a = a.astype(np.float16)
+            elif q != Q.F32:
+                a = gguf.quants.quantize(a, q)
+            writer.write_tensor_data(a)
 
 
 def _file_type(dtype: str) -> int:
@@ -229,9 +263,8 @@ def _block_tensors(block: nn.Module, adapter: ArchAdapter, i: int, n_h: int, n_k
             t = getattr(lin, field, None)
             if t is None:
                 continue
-            if permute and heads:
-                t = interleave_rope_rows(t, heads)
-            sink.add(f"{p}{gname}.{field}", t)
+            reorder = (lambda x, n=heads: interleave_rope_rows(x, n)) if permute and heads else None
+            sink.add(f"{p}{gname}.{field}", t, reorder)
     if adapter.head_norms:  # Qwen3: per-head RMSNorm over the head dim (NEOX order: no reordering)
         attn = get_module(block, adapter.attn)
         sink.add(p + "attn_q_norm.weight", attn.q_norm.weight)
@@ -309,7 +342,7 @@ def export_gguf(
         name = Path(source).name if source else str(getattr(cfg, "_name_or_path", "") or cfg.model_type)
         _write_hparams(w, model, arch, heads, mlp, head_dim, name or cfg.model_type)
         w.add_file_type(_file_type(dtype))
-        sink = _TensorSink(w, dtype)
+        sink = _TensorSink(dtype)
         emb = get_module(model, adapter.embed)
         sink.add("token_embd.weight", emb.weight)
         base, scaling = _rope_config(cfg)
@@ -323,9 +356,11 @@ def export_gguf(
             sink.add("output.weight", head.weight)
         kind = _write_tokenizer(w, Path(tokenizer_dir) if tokenizer_dir else None, int(cfg.vocab_size),
                                 cfg.model_type)
+        sink.write_info(w)
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        sink.write_data(w)
         w.close()
     if sink.fallbacks:
         logger.warning("q8_0: %d tensors with rows not a multiple of 32 were written as f16 (e.g. %s); "
