@@ -175,6 +175,24 @@ def test_stories260k_pruned_and_dense_run_in_llama_cpp(stories_dir: Path, tinyst
     assert_runs_like(dense_model, dense_out, prompt)
 
 
+def test_shared_basis_slicegpt_of_stories260k_runs_in_llama_cpp(stories_dir: Path, tinystories_train: Path,
+                                                                 tmp_path: Path) -> None:
+    """SliceGPT with one basis is a plain Llama of hidden size d': plain transformers and llama.cpp run it."""
+    model, tok = sf.load_model(stories_dir)
+    calib = sf.data.load(str(tinystories_train), tok, samples=16, seqlen=128, seed=0)
+    result = sf.compress(model, sf.SliceGPTConfig(sparsity=0.25, basis="shared", slice_head=True), calib,
+                         progress=False)
+    saved = Path(result.save(tmp_path / "shared", tokenizer=tok))
+    plain = AutoModelForCausalLM.from_pretrained(saved).eval()  # no trust_remote_code
+    assert plain.config.hidden_size < 64 and not (saved / "modeling_slimformer.py").exists()
+    prompt = tok("Once upon a time, there was a little girl named Lily.").input_ids
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        assert (plain(ids).logits - result.model(ids).logits).abs().max().item() <= 1e-5
+    out = export_gguf(saved, tmp_path / "shared.gguf")
+    assert_runs_like(plain, out, prompt)
+
+
 def test_llama3_rope_scaling_and_quantised_dtypes(tmp_path: Path) -> None:
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}

@@ -57,7 +57,7 @@ def test_round_trip_every_family(tmp_path: Path, family: str, tied: bool) -> Non
     cfg = json.loads((Path(out) / "config.json").read_text())
     from slimformer.core.plan import FORMAT_VERSION
 
-    assert cfg["slimformer"]["format_version"] == FORMAT_VERSION == 2
+    assert cfg["slimformer"]["format_version"] == FORMAT_VERSION == 3
     assert cfg["slimformer"]["provenance"]["params_after"] == result.report["params_after"]
 
 
@@ -216,7 +216,7 @@ def test_info_command(saved_llama: tuple[Path, torch.Tensor], capsys: pytest.Cap
     out, _ = saved_llama
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "slicegpt" in text and "format_version  2" in text and "% removed" in text
+    assert "slicegpt" in text and "format_version  3" in text and "% removed" in text
     assert text.count("\n    ") >= 2  # one table row per layer
     assert main(["info", str(out.parent)]) == 2
     assert "not a slimformer output directory" in capsys.readouterr().err

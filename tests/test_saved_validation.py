@@ -300,7 +300,7 @@ def test_validate_section_unit() -> None:
         (lambda s: s["plan"].__setitem__("blocks", []), r"plan\.blocks must be a non-empty list"),
         (lambda s: s["plan"].__setitem__("model_type", "opt"), r"does not match architecture"),
         (lambda s: s.__setitem__("weights_sha256", {"../x": "0" * 64}), r"not a plain file name"),
-        (lambda s: s.__setitem__("format_version", 3), r"format_version 3 is not supported"),
+        (lambda s: s.__setitem__("format_version", 4), r"format_version 4 is not supported"),
     ]
     for edit, msg in cases:
         bad = json.loads(json.dumps(section))

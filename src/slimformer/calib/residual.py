@@ -152,3 +152,51 @@ def rotate_and_slice(
             Q = step(block, inputs, Q, li, li == n - 1)
         logger.debug("layer %d done", li)
     apply_head_basis(model, adapter, Q)
+
+
+@torch.no_grad()
+def normalized_stream_covariance(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    inputs: BlockInputs,
+    device: torch.device,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Sum over every residual point of the covariance of what that point's norm hands its readers.
+
+    ``model`` must be in slim form at full width (nothing rotated yet) and ``inputs`` must
+    hold block 0's inputs (they are consumed). Points: every block's attention input (block
+    0's is the embedding), every sequential block's MLP input, and the last block's output
+    (read by the final norm); each contributes ``sum_t n_t n_t^T`` with ``n_t = norm(x_t)``
+    (:class:`~slimformer.runtime.modeling_slimformer.SlimRMSNorm`, weights already folded
+    into the readers). Returns ``[d, d]`` float64 (all-reduced under torchrun).
+
+    Used by shared-basis SliceGPT: the top eigenvectors of this sum minimise the total
+    squared error the readers of *all* points see when one basis slices the whole stream.
+    """
+    d = model.config.hidden_size
+    acc = Covariance(d)
+    layers = adapter.get_layers(model)
+    for li in tqdm(range(len(layers)), desc="stream covariance", unit="layer", disable=not progress):
+        with block_on(model, adapter, li, device, write=False) as block:
+            attn_norm = get_module(block, adapter.attn_norm)
+            outs = []
+            for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+                x = x.to(device)  # [b, t, d]
+                n = attn_norm(x)
+                acc.update(n)
+                h = x + block._attn(n, kw)
+                if adapter.parallel:
+                    out = h + block._mlp(n)
+                else:
+                    m = get_module(block, adapter.mlp_norm)(h)
+                    acc.update(m)
+                    out = h + block._mlp(m)
+                outs.append(inputs.put(out))
+                inputs.hidden[b] = None  # type: ignore[assignment]
+            inputs.hidden = outs
+    final = get_module(model, adapter.final_norm)
+    for x in inputs.hidden:
+        acc.update(final(x.to(device)))
+    acc.all_reduce()
+    return acc.value()

@@ -14,13 +14,14 @@ RMSNorm families are **not** centred: centring would change their function.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_module, set_module
-from ..runtime.modeling_slimformer import SlimBlock, SlimRMSNorm
+from ..runtime.modeling_slimformer import SlimBlock, SlimRMSNorm, SlimRMSNormProject
 
 logger = logging.getLogger("slimformer.core.fuse")
 
@@ -88,6 +89,13 @@ def center_embedding(emb: nn.Embedding) -> None:
     emb.weight.copy_((E - E.mean(dim=1, keepdim=True)).to(emb.weight.dtype))
 
 
+def _set_tie_flag(model: nn.Module, tied: bool) -> None:
+    model.config.tie_word_embeddings = tied
+    text_cfg = getattr(model.config, "get_text_config", None)
+    if callable(text_cfg):
+        text_cfg().tie_word_embeddings = tied
+
+
 @torch.no_grad()
 def untie_head(model: nn.Module, adapter: ArchAdapter) -> None:
     """Give the LM head its own weight tensor (rotating the embeddings would untie it anyway)."""
@@ -96,12 +104,144 @@ def untie_head(model: nn.Module, adapter: ArchAdapter) -> None:
     if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
         head.weight = nn.Parameter(emb.weight.detach().clone())
         logger.info("untied the LM head from the input embedding")
-    model.config.tie_word_embeddings = False
     if hasattr(model, "_tied_weights_keys"):
         model._tied_weights_keys = {}
-    text_cfg = getattr(model.config, "get_text_config", None)
-    if callable(text_cfg):
-        text_cfg().tie_word_embeddings = False
+    _set_tie_flag(model, False)
+
+
+def tie_head(model: nn.Module, adapter: ArchAdapter, tied_keys: Any = None) -> None:
+    """Make the LM head share the input embedding tensor again (undoes :func:`untie_head`).
+
+    ``tied_keys``: the model's ``_tied_weights_keys`` from before untying (restored when given)."""
+    head = get_module(model, adapter.head)
+    emb = get_module(model, adapter.embed)
+    head.weight = emb.weight
+    head.in_features = emb.embedding_dim
+    if tied_keys is not None and hasattr(model, "_tied_weights_keys"):
+        model._tied_weights_keys = tied_keys
+    _set_tie_flag(model, True)
+
+
+@torch.no_grad()
+def tie_head_through_projection(
+    model: nn.Module, adapter: ArchAdapter, Q0: torch.Tensor | None, QL: torch.Tensor | None, g: torch.Tensor,
+    tied_keys: Any = None,
+) -> None:
+    """Keep-tied SliceGPT: the head becomes the rotated, sliced embedding again.
+
+    With ``E: [V, d]`` the original embedding, ``g: [d]`` the final RMSNorm's weight and
+    ``z: [dL]`` the normalised last residual stream in basis ``QL``, the dense head computes
+    ``E diag(g) QL z``. The embedding is now ``E Q0: [V, d0]``, so
+
+        logits = (E Q0) (Q0^T diag(g) QL) z = E' M z,     M = Q0^T diag(g) QL: [d0, dL]
+
+    exactly when ``Q0 Q0^T = I`` (no slicing at the embedding), an orthogonal projection of
+    the head otherwise. ``M`` runs inside the final norm
+    (:class:`~slimformer.runtime.modeling_slimformer.SlimRMSNormProject`), the head shares
+    the embedding tensor. ``Q0``/``QL``: ``[d, d0]``/``[d, dL]`` bases (``None`` = identity);
+    the untied head left by the rotation is dropped. RMSNorm models only (no final-norm bias).
+    """
+    emb = get_module(model, adapter.embed)
+    head = get_module(model, adapter.head)
+    norm = get_module(model, adapter.final_norm)
+    if not isinstance(norm, SlimRMSNorm) or head.bias is not None:
+        raise ValueError("keep_tied needs a fused RMSNorm model without a head bias")
+    d = norm.full_width
+    eye = torch.eye(d, dtype=torch.float64)
+    Q0d = eye if Q0 is None else Q0.to(torch.float64).cpu()
+    QLd = eye if QL is None else QL.to(torch.float64).cpu()
+    M = Q0d.T @ (g.to(torch.float64).cpu()[:, None] * QLd)  # [d0, dL]
+    new = SlimRMSNormProject(norm.width, d, norm.eps, M.shape[0], dtype=emb.weight.dtype, device=emb.weight.device)
+    new.proj.weight.copy_(M.to(emb.weight.dtype))
+    set_module(model, adapter.final_norm, new)
+    tie_head(model, adapter, tied_keys)
+    logger.info("kept the head tied: head-input map %s after the final norm", tuple(M.shape))
+
+
+@torch.no_grad()
+def to_plain_rmsnorm_model(
+    model: nn.Module, adapter: ArchAdapter, layer_cls: type, tie: bool, g0: float = 1.0, tied_keys: Any = None,
+) -> None:
+    """Turn a slim RMSNorm model rotated with ONE basis ``Q: [d, w]`` everywhere back into the
+    base Hugging Face architecture with ``hidden_size = w`` (in place; same function).
+
+    Requires: every block in slim form, no shortcut matrices, residual width ``w`` at every
+    point (shared-basis SliceGPT). The fused norm computes ``x sqrt(d) / sqrt(|x|^2 + d eps)``;
+    the HF RMSNorm on ``w`` channels computes ``w_n x sqrt(w) / sqrt(|x|^2 + w eps)``. Scaling
+    the whole residual stream by ``c = sqrt(w/d)`` (embedding and the writers o/down times
+    ``c``) turns the latter into ``w_n x sqrt(w) / (c sqrt(|x|^2 + d eps))``: equal to the fused
+    norm for ``w_n = sqrt(d/w)`` with the *same* eps, so ``rms_norm_eps`` (shared with Qwen3's
+    per-head q/k norms) stays as it is. Config: ``hidden_size = w``, ``head_dim`` set
+    explicitly to the original head dim.
+
+    Head: ``tie`` (the dense head was tied and the final norm weight was the constant
+    ``g0``): the head is the scaled embedding ``c E Q`` and the final norm weight becomes
+    ``g0 d / w``; otherwise the head keeps its own weight ``E diag(g) Q: [V, w]``.
+
+    Args:
+        layer_cls: the base decoder layer class (``LlamaDecoderLayer``; read it before fusion).
+    """
+    cfg = model.config
+    d = int(cfg.hidden_size)
+    layers = adapter.get_layers(model)
+    emb = get_module(model, adapter.embed)
+    w = int(emb.embedding_dim)
+    eps = norm_eps(get_module(layers[0], adapter.attn_norm))
+    for i, block in enumerate(layers):
+        if not isinstance(block, SlimBlock) or block.attn_shortcut is not None or block.mlp_shortcut is not None:
+            raise ValueError(f"block {i} is not a slim block without shortcuts: not a shared-basis model")
+        widths = {get_module(block, p).in_features for p in [*adapter.attn_readers, *adapter.mlp_readers]}
+        widths |= {get_module(block, p).out_features for p in (adapter.o, adapter.down)}
+        if widths != {w}:
+            raise ValueError(f"block {i} has residual widths {sorted(widths)}, expected {w} everywhere")
+    if adapter.norm_kind != "rms" or adapter.parallel:
+        raise ValueError(f"{adapter.name} is not a sequential RMSNorm family")
+    if abs(float(getattr(cfg, "rms_norm_eps", eps)) - eps) > 1e-12 * max(1.0, eps):
+        raise ValueError(f"the norms' eps {eps} differs from config.rms_norm_eps {cfg.rms_norm_eps}")
+    head_dim = int(getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads)
+    c = math.sqrt(w / d)
+    s = math.sqrt(d / w)
+    emb.weight.mul_(c)
+    for block in layers:
+        for path in (adapter.o, adapter.down):
+            lin = get_module(block, path)
+            lin.weight.mul_(c)
+            if lin.bias is not None:
+                lin.bias.mul_(c)
+    cfg.hidden_size = w
+    cfg.head_dim = head_dim
+    dtype, device = emb.weight.dtype, emb.weight.device
+
+    def filled(value: float) -> nn.Parameter:
+        return nn.Parameter(torch.full((w,), value, dtype=dtype, device=device))
+
+    norm_cls: type | None = None
+    for i, block in enumerate(layers):
+        with torch.device("meta"):
+            fresh = layer_cls(cfg, i)
+        for name in adapter.block_module_names():
+            if name in (adapter.attn_norm, adapter.mlp_norm):
+                norm = get_module(fresh, name)
+                norm.weight = filled(s)
+                norm_cls = type(norm)
+            else:
+                set_module(fresh, name, get_module(block, name))
+        left = [n for n, p in fresh.named_parameters() if p.is_meta] + [n for n, b in fresh.named_buffers() if b.is_meta]
+        if left:
+            raise ValueError(f"rebuilding block {i} as {layer_cls.__name__} left {left[0]} unset")
+        layers[i] = fresh.to(device)
+    assert norm_cls is not None
+    final = norm_cls(w, eps=eps).to(device=device, dtype=dtype)
+    head = get_module(model, adapter.head)
+    if tie:
+        final.weight = filled(g0 * d / w)
+        tie_head(model, adapter, tied_keys)
+    else:
+        final.weight = filled(s)
+        head.in_features = w
+    set_module(model, adapter.final_norm, final)
+    logger.info("shared basis: converted to a plain %s with hidden_size %d (head %s)",
+                type(model).__name__, w, "tied" if tie else "untied")
 
 
 def _replace_norm(root: nn.Module, path: str, width: int) -> float:

@@ -22,6 +22,16 @@ block's residual widths, ``w_h``: head input width):
   a non-zero bias.
 
 Everything else (e.g. Qwen3's per-head q/k norms) keeps its size.
+
+Two variants change the head and the shortcuts (:class:`slimformer.methods.slicegpt.SliceGPTConfig`):
+
+* ``keep_tied`` on a tied model: the head stays the (sliced) embedding, counted once, and the
+  final norm gains the head-input map ``M: [w_e, w_h]`` (``w_e * w_h`` parameters) instead
+  of an untied ``[V, w_h]`` head;
+* ``shared_basis``: one basis everywhere, so no shortcut matrices; the result is a plain
+  architecture of hidden size ``w`` whose RMSNorms keep a ``[w]`` weight each
+  (:func:`slimformer.core.fuse.to_plain_rmsnorm_model`); the head stays tied when
+  :func:`shared_basis_keeps_tie` says so, else it is a ``[V, w]`` tensor of its own.
 """
 
 from __future__ import annotations
@@ -159,6 +169,11 @@ class _Counter:
         for p in module.parameters():
             self.new[id(p)] = 0
 
+    def resize(self, norm: nn.Module, width: int) -> None:
+        """A norm that keeps one ``[width]`` weight (shared basis: a plain RMSNorm of the kept width)."""
+        for p in norm.parameters():
+            self.new[id(p)] = width
+
 
 def _check_full_width(model: nn.Module, adapter: ArchAdapter, d: int) -> None:
     for i, block in enumerate(adapter.get_layers(model)):
@@ -170,13 +185,35 @@ def _check_full_width(model: nn.Module, adapter: ArchAdapter, d: int) -> None:
             )
 
 
-def compressed_param_count(model: nn.Module, adapter: ArchAdapter, widths: ResidualWidths) -> int:
+def is_tied(model: nn.Module, adapter: ArchAdapter) -> bool:
+    """True when the LM head *is* the input embedding tensor."""
+    return get_module(model, adapter.head).weight is get_module(model, adapter.embed).weight
+
+
+def shared_basis_keeps_tie(model: nn.Module, adapter: ArchAdapter) -> bool:
+    """Whether a shared-basis model can keep its head tied: the head is tied and the final norm's
+    weight ``g`` is one constant (then ``diag(g)`` commutes with the rotation and moves into the
+    final norm's own weight; any other ``g`` needs an untied head ``E diag(g) Q``).
+
+    Call it on the dense model (before fusion folds ``g`` into the head)."""
+    if not is_tied(model, adapter):
+        return False
+    g = getattr(get_module(model, adapter.final_norm), "weight", None)
+    return g is None or bool((g == g.reshape(-1)[0]).all())
+
+
+def compressed_param_count(
+    model: nn.Module, adapter: ArchAdapter, widths: ResidualWidths, *, keep_tied: bool = False,
+    shared_basis: bool = False,
+) -> int:
     """Parameters of ``model`` after PCA rotation + slicing to ``widths``.
 
     Args:
         model: the dense model (or the same model in slim form, still full width).
         adapter: its architecture adapter.
         widths: kept width at every residual point (``widths.out[-1]`` = head input).
+        keep_tied: keep-tied SliceGPT (see the module docstring; no effect on an untied model).
+        shared_basis: shared-basis SliceGPT (``widths`` must be one width everywhere).
     Returns:
         ``sum(p.numel())`` the compressed model will have (shared tensors once).
     """
@@ -185,6 +222,10 @@ def compressed_param_count(model: nn.Module, adapter: ArchAdapter, widths: Resid
     if widths.n_layers != len(layers):
         raise ValueError(f"widths describe {widths.n_layers} blocks, the model has {len(layers)}")
     _check_full_width(model, adapter, d)
+    if shared_basis:
+        kept = {widths.embed, *widths.out, *(m for m in widths.mid if m is not None)}
+        if len(kept) != 1:
+            raise ValueError(f"shared_basis needs one width at every residual point, got {sorted(kept)}")
     c = _Counter()
     emb = get_module(model, adapter.embed)
     c.new[id(emb.weight)] = emb.num_embeddings * widths.embed
@@ -200,7 +241,8 @@ def compressed_param_count(model: nn.Module, adapter: ArchAdapter, widths: Resid
             for path in adapter.mlp_readers:
                 c.reader(get_module(block, path), w_in, attn_norm)
             c.writer(get_module(block, adapter.o), w_out)
-            c.extra += w_in * w_out  # the block's single shortcut
+            if not shared_basis:
+                c.extra += w_in * w_out  # the block's single shortcut
         else:
             if w_mid is None:
                 raise ValueError(f"block {i} is sequential but widths.mid[{i}] is None")
@@ -208,26 +250,41 @@ def compressed_param_count(model: nn.Module, adapter: ArchAdapter, widths: Resid
             for path in adapter.mlp_readers:
                 c.reader(get_module(block, path), w_mid, mlp_norm)
             c.writer(get_module(block, adapter.o), w_mid)
-            c.drop(mlp_norm)
-            c.extra += w_in * w_mid + w_mid * w_out  # attention and MLP shortcuts
+            if shared_basis:  # plain RMSNorm of width w_mid again, no shortcuts (one basis)
+                c.resize(mlp_norm, w_mid)
+            else:
+                c.drop(mlp_norm)
+                c.extra += w_in * w_mid + w_mid * w_out  # attention and MLP shortcuts
         c.writer(get_module(block, adapter.down), w_out)
-        c.drop(attn_norm)
+        if shared_basis:
+            c.resize(attn_norm, w_in)
+        else:
+            c.drop(attn_norm)
     final_norm = get_module(model, adapter.final_norm)
     head = get_module(model, adapter.head)
     head_weight = head.out_features * widths.out[-1]  # [V, w_head]
     if _gains_bias(head, final_norm):
         c.extra += head.out_features  # final LayerNorm bias moved into the head
-    if head.weight is emb.weight:
+    if shared_basis:
+        c.resize(final_norm, widths.out[-1])
+        if shared_basis_keeps_tie(model, adapter):
+            head_weight = 0  # still the embedding, counted once
+    else:
+        c.drop(final_norm)
+    if head.weight is emb.weight and keep_tied and not shared_basis:
+        c.extra += widths.embed * widths.out[-1]  # head-input map M; the head stays the embedding
+    elif head.weight is emb.weight:
         c.extra += head_weight  # tied: the rotation unties it, a tensor of its own
     else:
         c.new[id(head.weight)] = head_weight
-    c.drop(final_norm)
     total = sum(c.new.get(id(p), p.numel()) for p in model.parameters()) + c.extra
     logger.debug("predicted %d parameters for widths %s", total, widths.to_dict())
     return total
 
 
-def removed_fraction(model: nn.Module, adapter: ArchAdapter, widths: ResidualWidths) -> float:
-    """Fraction of ``model``'s current parameters that slicing to ``widths`` removes (may be < 0)."""
+def removed_fraction(model: nn.Module, adapter: ArchAdapter, widths: ResidualWidths, **variant: bool) -> float:
+    """Fraction of ``model``'s current parameters that slicing to ``widths`` removes (may be < 0).
+
+    ``variant``: ``keep_tied`` / ``shared_basis`` as in :func:`compressed_param_count`."""
     before = count_params(model)
-    return 1.0 - compressed_param_count(model, adapter, widths) / before
+    return 1.0 - compressed_param_count(model, adapter, widths, **variant) / before

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..arch import ArchAdapter, get_module
-from ..runtime.modeling_slimformer import CHANNEL_SETS
+from ..runtime.modeling_slimformer import CHANNEL_SETS, SlimRMSNormProject
 from .fuse import is_slim, norm_eps
 
 #: Version of the saved ``"slimformer"`` config section (the loader accepts
@@ -24,8 +24,12 @@ from .fuse import is_slim, norm_eps
 #: (``attn_in_index``, ``attn_out_index``, ``mlp_in_index``, ``mlp_out_index``; DISP),
 #: plan ``fused=false`` and ``tied_head``, and the section's ``weights_sha256``. Late v1
 #: writers already wrote these optional fields, so a v1 section is read with the same rules.
+#: 3: adds the optional plan field ``head_proj`` (keep-tied SliceGPT,
+#: :class:`~slimformer.runtime.modeling_slimformer.SlimRMSNormProject`: the final norm is
+#: followed by a linear ``[head_width -> embed_width]`` and the head, tied to the embedding,
+#: reads ``embed_width``); plans without it (every v1/v2 plan) load as before.
 #: Frozen fixtures of each version: ``tests/fixtures/format_v<N>/`` (never regenerated).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -94,6 +98,9 @@ class ShapePlan:
     format_version: int = FORMAT_VERSION
     fused: bool = True  # blocks are SlimBlocks with folded norms; False = original HF blocks (index pruning)
     tied_head: bool = False  # the head shares the embedding tensor (stored once)
+    #: format 3: the final norm maps ``head_width -> embed_width`` (keep-tied SliceGPT); ``head_width``
+    #: is then the residual width at the final norm and the head reads ``embed_width``
+    head_proj: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +163,10 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
     head = get_module(model, adapter.head)
     emb = get_module(model, adapter.embed)
     first = adapter.get_layers(model)[0]
+    final_norm = get_module(model, adapter.final_norm)
+    head_proj = isinstance(final_norm, SlimRMSNormProject)
     return ShapePlan(
+        head_proj=head_proj,
         fused=is_slim(model, adapter),
         tied_head=head.weight is emb.weight,
         architecture=type(model).__name__,
@@ -165,7 +175,7 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         model_type=model.config.model_type,
         full_width=model.config.hidden_size,
         embed_width=emb.embedding_dim,
-        head_width=head.in_features,
+        head_width=final_norm.width if head_proj else head.in_features,
         head_bias=head.bias is not None,
         layout=adapter.block_layout(model.config),
         blocks=blocks,

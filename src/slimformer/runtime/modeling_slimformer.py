@@ -78,6 +78,26 @@ class SlimRMSNorm(nn.Module):
         return f"width={self.width}, full_width={self.full_width}, eps={self.eps}"
 
 
+class SlimRMSNormProject(SlimRMSNorm):
+    """A :class:`SlimRMSNorm` followed by a bias-free linear map (format 3, plan ``head_proj``).
+
+    Keep-tied SliceGPT puts it in place of the final norm: the stream arrives in the last
+    residual basis ``QL`` (width ``width``), the tied head reads the embedding basis ``Q0``
+    (width ``out_width``), and ``proj.weight = M = Q0^T diag(g) QL: [out_width, width]``
+    carries the final norm's scale ``g`` between the two.
+
+    Shapes: x ``[..., width]`` -> ``[..., out_width]``.
+    """
+
+    def __init__(self, width: int, full_width: int, eps: float, out_width: int, dtype: torch.dtype | None = None,
+                 device: Any = None) -> None:
+        super().__init__(width, full_width, eps)
+        self.proj = nn.Linear(int(width), int(out_width), bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(super().forward(x))  # [..., width] -> [..., out_width]
+
+
 def make_shortcut(d_in: int, d_out: int, dtype: torch.dtype | None = None, device: Any = None) -> nn.Linear:
     """A bias-free linear map ``[.., d_in] -> [.., d_out]`` used as a residual shortcut."""
     return nn.Linear(d_in, d_out, bias=False, dtype=dtype, device=device)
@@ -569,7 +589,11 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
         attn_sc = make_shortcut(bp["d_in"], after_attn, device="meta") if bp["attn_shortcut"] else None
         mlp_sc = make_shortcut(bp["d_mid"], bp["d_out"], device="meta") if bp["mlp_shortcut"] else None
         layers[i] = SlimBlock(layout, modules, attn_shortcut=attn_sc, mlp_shortcut=mlp_sc)
-    set_module_at(model, paths["final_norm"], SlimRMSNorm(plan["head_width"], d, norm_eps))
+    if plan.get("head_proj", False):  # format 3: keep-tied SliceGPT's head-input map
+        final: nn.Module = SlimRMSNormProject(plan["head_width"], d, norm_eps, plan["embed_width"], device="meta")
+    else:
+        final = SlimRMSNorm(plan["head_width"], d, norm_eps)
+    set_module_at(model, paths["final_norm"], final)
 
 
 def _tie_head(model: nn.Module, paths: dict[str, Any]) -> None:

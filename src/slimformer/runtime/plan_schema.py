@@ -35,8 +35,11 @@ from typing import Any, Iterable, Mapping
 #: ``n_kv_heads``, ``head_dim``, ``qk_head_dim``, ``v_head_dim``), ``qk_index``, the residual
 #: channel sets of :data:`CHANNEL_SETS`, plan ``fused`` / ``tied_head`` and the section's
 #: ``weights_sha256``. Late v1 writers already wrote those fields, so both versions are checked
-#: by the same rules (a v1 section with them stays valid).
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+#: by the same rules (a v1 section with them stays valid). 3: adds the optional plan field
+#: ``head_proj`` (keep-tied SliceGPT: the final norm is followed by a bias-free linear
+#: ``<final_norm>.proj`` ``[embed_width, head_width]`` and the head reads ``embed_width``);
+#: v1/v2 sections do not carry it and are read unchanged.
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
@@ -224,9 +227,11 @@ def validate_plan_schema(plan: dict[str, Any]) -> None:
     _int("plan.embed_width", plan["embed_width"], 1, d)
     _int("plan.head_width", plan["head_width"], 1, d)
     _bool("plan.head_bias", plan["head_bias"])
-    for key in ("fused", "tied_head"):
+    for key in ("fused", "tied_head", "head_proj"):
         if key in plan:
             _bool(f"plan.{key}", plan[key])
+    if plan.get("head_proj", False) and not plan.get("fused", True):
+        raise _bad("plan.head_proj", "needs a fused plan (fused=true): the head-input map follows the fused final norm")
     if "format_version" in plan:
         _int("plan.format_version", plan["format_version"], 1, max(SUPPORTED_FORMAT_VERSIONS))
     eps = plan["norm_eps"]
@@ -394,9 +399,13 @@ def validate_plan(plan: dict[str, Any], shapes: Mapping[str, tuple[int, ...]]) -
             expect(pre + "mlp_shortcut.weight", (bp["d_out"], bp["d_mid"]))
     embed = shapes.get(paths["embed"] + ".weight", (0,))
     expect(paths["embed"] + ".weight", (embed[0], plan["embed_width"]))
+    head_reads = plan["head_width"]
+    if plan.get("head_proj", False):  # format 3: final norm -> proj [embed_width, head_width] -> head
+        expect(paths["final_norm"] + ".proj.weight", (plan["embed_width"], plan["head_width"]))
+        head_reads = plan["embed_width"]
     if not plan.get("tied_head", False):  # a tied head is the embedding, stored once
         head = shapes.get(paths["head"] + ".weight", (0,))
-        expect(paths["head"] + ".weight", (head[0], plan["head_width"]))
+        expect(paths["head"] + ".weight", (head[0], head_reads))
 
 
 def _has_channel_sets(bp: Mapping[str, Any]) -> bool:

@@ -14,12 +14,46 @@ from ...calib.offload import fuse_model
 from ...calib.residual import BasisChooser, rotate_and_slice
 from ...calib.runner import capture_block_inputs
 from ...calib.scores import LayerScores, block_scores
-from ...core.params import ResidualWidths, count_checked
-from ...schedule import plan_schedule
+from ...core.params import ResidualWidths, compressed_param_count, count_checked, count_params
+from ...schedule import Schedule, SchedulePlan, layer_widths_for, plan_schedule, solve_budget
 from ..base import Runtime
 from .widths import ResidualWidthsConfig
 
 logger = logging.getLogger("slimformer.methods.residual")
+
+
+def plan_residual_widths(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    widths_config: ResidualWidthsConfig,
+    schedule: Schedule,
+    scores: Any = None,
+    **variant: bool,
+) -> SchedulePlan:
+    """Per-point widths from ``widths_config`` (:func:`slimformer.schedule.plan_schedule`).
+
+    ``variant``: ``keep_tied`` / ``shared_basis`` flags of
+    :func:`slimformer.core.params.compressed_param_count`; when one is set the budget search
+    counts that variant's head and shortcuts exactly (same search, same rounding rules).
+    """
+    sparsity, target = widths_config.sparsity, widths_config.target_params
+    round_to, slice_head = widths_config.resolved_round_to(), widths_config.slice_head
+    if not any(variant.values()):
+        return plan_schedule(model, adapter, schedule, scores, sparsity=sparsity, target_params=target,
+                             round_to=round_to, slice_head=slice_head)
+    d = model.config.hidden_size
+    n_layers = len(adapter.get_layers(model))
+    before = count_params(model)
+
+    def build(sp: float) -> SchedulePlan:
+        fs, ws = layer_widths_for(schedule, sp, n_layers, d, scores, round_to)
+        widths = ResidualWidths.from_layer_widths(ws, d, adapter.parallel, slice_head)
+        after = compressed_param_count(model, adapter, widths, **variant)
+        return SchedulePlan(schedule.name, sp, tuple(fs), tuple(ws), widths, after, before, target,
+                            schedule.params())
+
+    return solve_budget(build, sparsity=sparsity, target_params=target, lo=schedule.min_sparsity(),
+                        label=f"{schedule.name} schedule ({', '.join(k for k, v in variant.items() if v)})")
 
 
 def slice_residual_stream(
@@ -30,6 +64,9 @@ def slice_residual_stream(
     runtime: Runtime,
     make_chooser: Callable[[ResidualWidths], BasisChooser],
     label: str = "SliceGPT",
+    *,
+    keep_tied: bool = False,
+    finish: Callable[[BasisChooser], None] | None = None,
 ) -> tuple[dict[str, Any], BasisChooser]:
     """Plan residual widths, then fuse norms and rotate/slice with the chooser's bases (in place).
 
@@ -46,6 +83,10 @@ def slice_residual_stream(
     used), ``layer_sparsity``, ``widths`` (per residual point), ``scores`` (when
     computed), ``target_params`` ``{"requested", "achieved"}``, ``kept_width``
     (uniform only).
+
+    ``keep_tied``: count the keep-tied head (:func:`slimformer.core.params.compressed_param_count`)
+    when planning; ``finish(chooser)`` runs after the rotate-and-slice pass and before the
+    parameter count is checked (keep-tied SliceGPT re-ties the head there).
     """
     d = model.config.hidden_size
     schedule = widths_config.make_schedule()
@@ -55,11 +96,8 @@ def slice_residual_stream(
             model, adapter, calib_ids, runtime.batch_size, runtime.device,
             runtime.offload_activations, runtime.progress,
         )
-    plan = plan_schedule(
-        model, adapter, schedule, scores.bi if scores is not None else None,
-        sparsity=widths_config.sparsity, target_params=widths_config.target_params,
-        round_to=widths_config.resolved_round_to(), slice_head=widths_config.slice_head,
-    )
+    plan = plan_residual_widths(model, adapter, widths_config, schedule, scores.bi if scores is not None else None,
+                                keep_tied=keep_tied)
     widths = plan.widths
     logger.info(
         "%s (%s): d=%d, mean slicing %.4f, layer widths %s",
@@ -71,6 +109,8 @@ def slice_residual_stream(
     )
     chooser = make_chooser(widths)
     rotate_and_slice(model, adapter, inputs, chooser, runtime.device, runtime.progress)
+    if finish is not None:
+        finish(chooser)
     report = plan.report()
     after = count_checked(model, plan.params_after, logger)
     if after != plan.params_after:
@@ -83,4 +123,4 @@ def slice_residual_stream(
     return report, chooser
 
 
-__all__ = ["slice_residual_stream"]
+__all__ = ["plan_residual_widths", "slice_residual_stream"]
