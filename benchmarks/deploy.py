@@ -147,8 +147,8 @@ def render(res: dict[str, Any]) -> str:
         lines.append("|---|---|---:|---:|---|")
         for row in r["rows"]:
             ppl = f"{row['ppl']:.3f}" if "ppl" in row else "-"
-            lines.append(f"| {row['removed']:.1%} | {row['variant']} | {row['params_after']:,} | {ppl} | "
-                         f"{row['gguf'][:60]} |")
+            gguf = row["gguf"].split(";")[0].replace("no: cannot export to GGUF: ", "no: ")
+            lines.append(f"| {row['removed']:.1%} | {row['variant']} | {row['params_after']:,} | {ppl} | {gguf} |")
         threads = [k.split()[1] for k in r["speed"][0] if k.endswith("t speedup")] if r["speed"] else []
         lines.append("")
         head = "| model | transformers decode speed-up | " + " | ".join(
