@@ -38,6 +38,10 @@ test: $(VENV)/.installed-test
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
+# everything, the `heavy` tests included (about 6 minutes more)
+test-all: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_compress.py
 

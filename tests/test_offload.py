@@ -180,6 +180,7 @@ print(json.dumps({"peak": r.report["peak_rss_mb"], "start": r.report["rss_at_sta
 """
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_disk_offload_peak_rss_on_a_2048x8_llama(tmp_path: Path) -> None:
     """Acceptance: random Llama hidden 2048, 8 layers (0.95 GB fp32): peak RSS growth while compressing

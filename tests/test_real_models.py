@@ -58,7 +58,8 @@ def test_sparsity_zero_is_exact_on_real_model(stories, dense_ppl: float) -> None
     assert _ppl(model, tok, ids) == pytest.approx(dense_ppl, rel=1e-5)
 
 
-@pytest.mark.parametrize("sparsity", sorted(OFFICIAL))
+@pytest.mark.parametrize("sparsity", [pytest.param(s, marks=[] if s == 0.2 else [pytest.mark.heavy])
+                                      for s in sorted(OFFICIAL)])
 def test_slicegpt_quality_vs_official(stories, sparsity: float) -> None:
     model_dir, tok, calib, ids = stories
     model, _ = sf.load_model(model_dir)
@@ -68,6 +69,7 @@ def test_slicegpt_quality_vs_official(stories, sparsity: float) -> None:
     assert ppl <= OFFICIAL[sparsity] * 1.03
 
 
+@pytest.mark.heavy
 def test_opt_fixture_slicegpt_25(tmp_path) -> None:
     model_dir = shared_path("models", "opt-fixture")
     valid = shared_path("data", "wikitext2", "wiki.valid.raw")
