@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from pathlib import Path
@@ -211,8 +210,6 @@ def test_shared_basis_saves_plain_when_asked(tmp_path: Path) -> None:
     assert (_logits(loaded, _probe()) - ref).abs().max().item() <= 1e-5
 
 
-@pytest.mark.skipif(inspect.signature(sf.CompressionResult.save).parameters["plain"].default is False,
-                    reason="needs CompressionResult.save(plain=None): plain whenever a plain config describes the model")
 def test_shared_basis_saves_plain_without_asking(tmp_path: Path) -> None:
     result = sf.compress(make_model("llama"), _shared(sparsity=0.25), _calib(), progress=False)
     out = Path(result.save(tmp_path / "auto"))
