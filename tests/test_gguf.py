@@ -173,6 +173,13 @@ def test_stories260k_pruned_and_dense_run_in_llama_cpp(stories_dir: Path, tinyst
     dense_out = export_gguf(stories_dir, tmp_path / "dense.gguf")  # a dense HF directory exports too
     dense_model, _ = sf.load_model(stories_dir)
     assert_runs_like(dense_model, dense_out, prompt)
+    # a model in memory with its tokenizer object (what a hub id gives): the same vocabulary
+    mem_out = export_gguf(dense_model, tmp_path / "mem.gguf", tokenizer=tok)
+    cpp = LlamaCpp(mem_out)
+    try:
+        assert cpp.llm.tokenize(text.encode(), add_bos=True) == tok(text).input_ids
+    finally:
+        cpp.close()
 
 
 def test_shared_basis_slicegpt_of_stories260k_runs_in_llama_cpp(stories_dir: Path, tinystories_train: Path,

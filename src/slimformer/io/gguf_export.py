@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -298,6 +299,7 @@ def export_gguf(
     dtype: str = "f32",
     overwrite: bool = False,
     tokenizer_dir: str | os.PathLike | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write ``model`` (a saved directory, a hub id, or a loaded model) to the GGUF file ``out``.
 
@@ -305,6 +307,8 @@ def export_gguf(
         dtype: ``f32`` (exact), ``f16``, ``bf16`` or ``q8_0`` for the 2-D weights.
         overwrite: replace an existing GGUF file (only a file that starts with the GGUF magic).
         tokenizer_dir: where the tokenizer files are (default: the model directory).
+        tokenizer: a loaded Hugging Face tokenizer to write instead (used for a hub id, whose
+            files are not in a directory of the user's; saved to a temporary directory and read).
 
     Raises:
         ExportError: the model has a structure llama.cpp cannot run (the message names it and
@@ -320,8 +324,11 @@ def export_gguf(
     if source is not None:
         from .format import load_model
 
-        model, _ = load_model(source, dtype=torch.float32)
-        tokenizer_dir = tokenizer_dir if tokenizer_dir is not None else (source if os.path.isdir(source) else None)
+        model, loaded_tok = load_model(source, dtype=torch.float32)
+        if tokenizer_dir is None and os.path.isdir(source):
+            tokenizer_dir = source
+        elif tokenizer_dir is None and tokenizer is None:
+            tokenizer = loaded_tok
     assert isinstance(model, nn.Module)
     adapter, plan = check_gguf(model)
     check_free_space(out, gguf_bytes_estimate(model, dtype), "the GGUF file")
@@ -354,8 +361,12 @@ def export_gguf(
         head = get_module(model, adapter.head)
         if head.weight is not emb.weight:
             sink.add("output.weight", head.weight)
-        kind = _write_tokenizer(w, Path(tokenizer_dir) if tokenizer_dir else None, int(cfg.vocab_size),
-                                cfg.model_type)
+        with tempfile.TemporaryDirectory(prefix="slimformer-tokenizer-") as tok_tmp:
+            if tokenizer is not None and tokenizer_dir is None:
+                tokenizer.save_pretrained(tok_tmp)
+                tokenizer_dir = tok_tmp
+            kind = _write_tokenizer(w, Path(tokenizer_dir) if tokenizer_dir else None, int(cfg.vocab_size),
+                                    cfg.model_type)
         sink.write_info(w)
         w.write_header_to_file()
         w.write_kv_data_to_file()
