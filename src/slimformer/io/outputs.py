@@ -183,15 +183,19 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an owner-named temporary sibling of ``path`` to write; on success it is renamed over
     ``path`` (default file mode), on any failure removed, and an OS error names ``path``."""
     path = Path(path)
-    fd, tmp = make_temp_file(path)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = make_temp_file(path)
+        os.close(fd)
         yield Path(tmp)
         _default_mode(Path(tmp), 0o666)
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is None:  # interrupted inside mkstemp, after it made the file
+            remove_own_temporaries(path)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise as_output_error(exc, path) from None
 
 
@@ -391,8 +395,23 @@ def staged_dir(out: str | os.PathLike):
     except BaseException as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        else:  # interrupted inside mkdtemp, after it made the directory: it is ours by its name
+            remove_own_temporaries(out)
         remove_dirs(created)
         raise as_output_error(exc, out) from None
+
+
+def remove_own_temporaries(out: str | os.PathLike) -> None:
+    """Remove the temporaries of ``out`` that this process made (their names carry its pid)."""
+    out = Path(out).absolute()
+    prefix = temp_prefix(out, "tmp")
+    with contextlib.suppress(OSError):
+        for e in os.scandir(out.parent):
+            if e.name.startswith(prefix):
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    os.unlink(e.path)
 
 
 def commit_dir(tmp: Path, out: Path) -> None:
