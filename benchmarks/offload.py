@@ -76,7 +76,7 @@ import json, sys, time, torch
 torch.set_num_threads(1)
 import slimformer as sf
 import slimformer.calib.offload as off
-import slimformer.calib.residual as res
+import slimformer.calib.rotate_pass as res
 import slimformer.methods.slicegpt.apply as sa
 import slimformer.methods._shared.residual as shared_residual
 times = {}

@@ -145,7 +145,7 @@ def test_pruned_attention_loads_without_slimformer_and_plan_is_validated(tmp_pat
 @pytest.mark.parametrize("family", ["llama", "opt", "phi"])
 def test_layerwise_pass_feeds_the_pruned_blocks_outputs_forward(family: str) -> None:
     """The activations the pass hands to block i+1 are exactly the pruned model's (one forward per sublayer)."""
-    from slimformer.calib.grams import prune_layerwise
+    from slimformer.calib.prune_pass import prune_layerwise
     from slimformer.calib.runner import capture_block_inputs
     from slimformer.calib.scores import _block_output
     from slimformer.methods.fasp.apply import _Pruner, layer_counts

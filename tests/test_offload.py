@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 import slimformer as sf
-from slimformer.calib.offload import open_offloaded, read_tensors, store_of, write_tensors
+from slimformer.calib.offload import open_offloaded, store_of
+from slimformer.io.safetensors_io import read_tensors, write_tensors
 from tiny_models import FAMILIES, VOCAB, make_model
 
 REPO = Path(__file__).resolve().parents[1]

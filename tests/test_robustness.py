@@ -244,12 +244,12 @@ def test_full_disk_during_write(root: Path, small_fs: Path, capsys: pytest.Captu
 def test_injected_enospc_while_saving(root: Path, capsys: pytest.CaptureFixture,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC injected into the weight writer (runs everywhere, no mount needed)."""
-    import slimformer.io.format as fmt
+    import slimformer.io.safetensors_io as st_io
 
     def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]) if len(args) > 1 else None)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]) if args else None)
 
-    monkeypatch.setattr(fmt, "save_file", full)
+    monkeypatch.setattr(st_io, "write_tensors", full)
     assert_refused(root, _compress(root, "--out", str(root / "new" / "deeper")), capsys, "No space left")
     assert_refused(root, ["unpack", str(root / "sliced.sfbb"), str(root / "unpacked"), "--no-progress"], capsys,
                    "No space left")

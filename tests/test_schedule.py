@@ -207,7 +207,7 @@ def test_param_count_is_exact(family: str, tied: bool) -> None:
 
 def _count_by_compressing(model: torch.nn.Module, widths: ResidualWidths) -> int:
     """Compress ``model`` to exactly ``widths`` with the PCA machinery and count its parameters."""
-    from slimformer.calib.residual import rotate_and_slice
+    from slimformer.calib.rotate_pass import rotate_and_slice
     from slimformer.calib.runner import capture_block_inputs
     from slimformer.core.fuse import fuse
     from slimformer.methods.slicegpt.apply import PCAChooser

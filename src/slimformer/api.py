@@ -17,6 +17,7 @@ from ._version import __version__
 from .arch import get_adapter
 from .calib.dist import current as dist_current, shard
 from .calib.offload import discard as discard_offloaded, finish as finish_offloaded, open_offloaded, store_of
+from .calib.source import BlockSource, InMemoryBlocks
 from .core.params import count_params
 from .core.plan import ShapePlan, plan_from_model
 from .io.format import load_model, save_compressed
@@ -118,11 +119,11 @@ def compress(
     """
     spec = spec_for_config(config)
     adapter = get_adapter(model)
-    store = store_of(model)
-    if store is not None and not spec.offload:
+    blocks = block_source(model, adapter)
+    if blocks.offloaded and not spec.offload:
         raise ValueError(f"method {spec.name} needs every block in memory at once; it cannot run offloaded. "
                          f"Offloading works with: {', '.join(offload_method_names())}")
-    _check_model(model, offloaded=store is not None)
+    _check_model(model, offloaded=blocks.offloaded)
     if spec.needs_calibration and calib is None:
         raise ValueError(f"method {spec.name} needs calibration data (calib=...)")
     if calib is not None and not spec.accepts_calibration:
@@ -135,7 +136,7 @@ def compress(
     if ids is not None and int(ids.max()) >= model.config.vocab_size:
         raise ValueError(f"calibration token id {int(ids.max())} >= vocab size {model.config.vocab_size}: wrong tokenizer?")
     dev = torch.device(device) if device is not None else (
-        torch.device("cpu") if store is not None else next(model.parameters()).device)
+        torch.device("cpu") if blocks.offloaded else next(model.parameters()).device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but CUDA is not available; use --device cpu")
     params_before = count_params(model)
@@ -145,7 +146,7 @@ def compress(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    extra = spec.apply(model, adapter, config, ids, Runtime(dev, batch_size, offload_activations, progress))
+    extra = spec.apply(model, adapter, config, ids, Runtime(dev, batch_size, offload_activations, progress, blocks))
     seconds = time.perf_counter() - t0
     artifacts = extra.pop("_artifacts", {})  # extra files for the output directory (e.g. a learned policy)
     plan = plan_from_model(model, adapter)
@@ -165,7 +166,7 @@ def compress(
         "device": str(dev),
         "calibration": ident,
         "world_size": world,
-        "offload": store.activations if store is not None else None,
+        "offload": blocks.activations,
         "layers": plan.widths_table(),
         **extra,
     }
@@ -182,6 +183,14 @@ def compress(
         spec.name, params_before, params_after, 100 * report["removed_fraction"], seconds,
     )
     return CompressionResult(model, plan, report, section, tokenizer, artifacts)
+
+
+def block_source(model: nn.Module, adapter: Any) -> BlockSource:
+    """Where the method's layer loops get ``model``'s decoder blocks from: the
+    :class:`~slimformer.calib.offload.LayerStore` of a model from :func:`open_offloaded`
+    (:func:`compress_offloaded`), else the model itself, in memory."""
+    store = store_of(model)
+    return store if store is not None else InMemoryBlocks(model, adapter)
 
 
 def offload_method_names() -> list[str]:

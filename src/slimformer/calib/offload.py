@@ -2,13 +2,14 @@
 
 ``open_offloaded(path, out)`` builds the model as a skeleton: the embeddings,
 final norm, head and every buffer are real, each decoder block's *parameters*
-are on the meta device. The layer loops of the calibration code
-(:func:`slimformer.calib.runner.block_on`) then ask the attached
-:class:`LayerStore` for one block at a time:
+are on the meta device. The attached :class:`LayerStore` is the model's
+:class:`~slimformer.calib.source.BlockSource`: the layer loops of the calibration code
+ask it for one block at a time (``with store.block(li, device) as block``):
 
     load      read block i's tensors from the checkpoint's safetensors (lazily,
-              only those keys) straight onto the compute device, apply the
-              registered per-block steps (e.g. norm fusion), hand the block out
+              only those keys) straight onto the compute device, fuse its norms
+              once the pass asked for slim form (:meth:`LayerStore.fuse_norms`),
+              hand the block out
     release   write the compressed block to its own output shard
               (``model-0000{i+1}-of-000{L+1}.safetensors`` in a temporary
               directory beside ``out``) and put its parameters back on meta
@@ -20,6 +21,7 @@ in a scratch directory (``activations="disk"``), read back one batch at a time.
 :meth:`LayerStore.finish` writes the global tensors as the last shard, the
 index, config, runtime file and report, then renames the directory into place
 (the same atomic commit as :func:`slimformer.io.format.save_compressed`).
+Shards are written and checkpoint tensors read with :mod:`slimformer.io.safetensors_io`.
 
 A block is written once: a second modifying pass over the same block raises
 instead of silently re-reading the uncompressed weights.
@@ -32,24 +34,23 @@ import logging
 import os
 import shutil
 import tempfile
-import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
 from ..core.dtypes import to_torch_dtype
+from ..io.safetensors_io import read_tensors, write_tensors
 from ..memory import trim_heap
+from .source import BlockSource
+from .stash import ACTIVATION_MODES, ActivationStash
 
 logger = logging.getLogger("slimformer.calib.offload")
 
-ACTIVATION_MODES = ("cpu", "disk")
 _ATTR = "_slimformer_layer_store"
-
-#: a per-block step run right after a block is loaded: ``(block, layer index) -> block`` (may replace it)
-Prepare = Callable[[nn.Module, int], nn.Module]
 
 
 class CheckpointSource:
@@ -98,147 +99,55 @@ class CheckpointSource:
         return out
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> int:
-    """Write a safetensors file tensor by tensor (no serialised copy of the whole file in
-    memory, unlike ``safetensors.torch.save_file``); returns the bytes of tensor data.
+class LayerStore(BlockSource):
+    """The :class:`~slimformer.calib.source.BlockSource` of an offloaded model: loads one decoder
+    block at a time from the checkpoint and writes it out when done.
 
-    Layout per the safetensors spec: 8-byte little-endian header size, JSON header
-    (``dtype``, ``shape``, ``data_offsets``; padded with spaces to 8 bytes), data.
-    """
-    names = {v: k for k, v in _ST_DTYPES.items()}
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for key, t in tensors.items():
-        if t.dtype not in names:
-            raise ValueError(f"cannot write tensor {key} of dtype {t.dtype}")
-        nbytes = t.numel() * t.element_size()
-        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little"))
-        fh.write(raw)
-        for t in tensors.values():
-            if t.numel():
-                c = t.detach().to("cpu").contiguous()
-                fh.write(memoryview(c.view(-1).view(torch.uint8).numpy()))
-    return offset
-
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def read_tensors(path: Path, names: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Read tensors (``{our name: key in the file}``) from one safetensors file with plain reads.
-
-    Unlike a memory map, the bytes land directly in freshly allocated tensors, so
-    no page of the checkpoint stays mapped (and counted as resident) after a block
-    is replaced or freed.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path} is not a safetensors file (truncated header)")
-        n = int.from_bytes(head, "little")
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not a safetensors file (bad header: {exc})") from exc
-        out: dict[str, torch.Tensor] = {}
-        for ours, key in names.items():
-            info = header[key]
-            if info["dtype"] not in _ST_DTYPES:
-                raise ValueError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
-            start, end = info["data_offsets"]
-            t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
-            buf = t.view(-1).view(torch.uint8).numpy() if t.numel() else None
-            if end - start != (0 if buf is None else buf.nbytes):
-                raise ValueError(f"{path}: tensor {key} has {end - start} bytes, its shape needs {t.nbytes}")
-            if buf is not None:
-                fh.seek(8 + n + start)
-                if fh.readinto(memoryview(buf)) != buf.nbytes:
-                    raise ValueError(f"{path} is truncated (tensor {key})")
-            out[ours] = t
-        return out
-
-
-class DiskTensor:
-    """A tensor parked in a file; ``.to(device)`` reads it back (the file goes with the object)."""
-
-    def __init__(self, t: torch.Tensor, directory: Path) -> None:
-        t = t.detach().to("cpu").contiguous()
-        self.shape, self.dtype, self.nbytes = tuple(t.shape), t.dtype, t.numel() * t.element_size()
-        fd, name = tempfile.mkstemp(suffix=".act", dir=directory)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(t.view(-1).view(torch.uint8).numpy().tobytes())
-        self.path = name
-        self._cleanup = weakref.finalize(self, _unlink, name)
-
-    def to(self, device: torch.device | str, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raw = torch.from_file(self.path, shared=False, size=self.nbytes, dtype=torch.uint8)
-        t = raw.view(self.dtype).view(self.shape)
-        return t.to(device, *args, **kwargs) if torch.device(device).type != "cpu" else t.clone()
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-class ActivationStash:
-    """Where cached calibration activations wait between sublayers.
-
-    ``put(t)`` returns something with ``.to(device)``: the tensor itself on
-    ``device`` (in-memory), on CPU (pinned for GPU compute), or a :class:`DiskTensor`.
+    Built by :func:`open_offloaded`; :func:`slimformer.api.compress` hands it to the method
+    as ``Runtime.blocks``. ``fuse_on_load``: each block's norms are fused right after it
+    is loaded (set by :meth:`fuse_norms`).
     """
 
-    def __init__(self, mode: str, device: torch.device, directory: Path | None = None) -> None:
-        if mode not in ("device",) + ACTIVATION_MODES:
-            raise ValueError(f"activation storage must be one of {', '.join(ACTIVATION_MODES)}, got {mode!r}")
-        if mode == "disk" and directory is None:
-            raise ValueError("disk activation storage needs a directory")
-        self.mode, self.device, self.directory = mode, device, directory
-
-    def put(self, t: torch.Tensor) -> Any:
-        if self.mode == "disk":
-            return DiskTensor(t, self.directory)  # type: ignore[arg-type]
-        if self.mode == "cpu":
-            t = t.to("cpu")
-            return t.pin_memory() if self.device.type == "cuda" and torch.cuda.is_available() else t
-        return t.to(self.device)
-
-
-class LayerStore:
-    """Loads one decoder block at a time from the checkpoint and writes it out when done.
-
-    Attach with :func:`open_offloaded`; the calibration loops reach it through
-    :func:`store_of`. ``prepares`` run on each block after it is loaded.
-    """
+    offloaded = True
 
     def __init__(self, model: nn.Module, adapter: ArchAdapter, source: CheckpointSource, out: Path,
                  tmp: Path, activations: str, dtype: torch.dtype, writer: bool = True) -> None:
-        self.model, self.adapter, self.source = model, adapter, source
+        super().__init__(model, adapter)
+        self.source = source
         self.out, self.tmp, self.dtype = out, tmp, dtype
         self.activations, self.writer = activations, writer
-        self.n_layers = len(adapter.get_layers(model))
-        self.prepares: list[Prepare] = []
-        self.fused = False  # norm fusion is registered as a prepare (see fuse_model)
+        self.fuse_on_load = False
         self.weight_map: dict[str, str] = {}
         self.written: set[int] = set()
         self.bytes_written = 0
         self.scratch = Path(tempfile.mkdtemp(prefix=".activations-", dir=tmp)) if activations == "disk" else None
         self.created_parents: list[Path] = []  # missing parents of ``out`` made for it (removed on failure)
 
-    # -- activations ---------------------------------------------------------------------------
-    def stash(self, device: torch.device) -> ActivationStash:
+    # -- BlockSource ---------------------------------------------------------------------------
+    def stash(self, device: torch.device, offload_activations: bool = True) -> ActivationStash:
+        """Activations go where the store was opened to put them (``offload_activations`` is moot)."""
         return ActivationStash(self.activations, device, self.scratch)
+
+    @contextmanager
+    def block(self, li: int, device: torch.device, write: bool = True) -> Iterator[nn.Module]:
+        """Block ``li`` loaded onto ``device``; written to its shard afterwards (``write`` and the
+        ``with`` body succeeded) or dropped; either way its parameters go back to meta."""
+        block = self.load(li, device)
+        ok = False
+        try:
+            yield block
+            ok = True
+        finally:
+            self.release(li, write=write and ok)
+
+    def fuse_norms(self) -> None:
+        """Fuse the global tensors now and every block as it is loaded (:meth:`load`)."""
+        from ..core.fuse import fuse
+
+        if self.fuse_on_load:
+            return
+        fuse(self.model, self.adapter, blocks=False)
+        self.fuse_on_load = True
 
     # -- blocks --------------------------------------------------------------------------------
     def _prefix(self, li: int) -> str:
@@ -248,7 +157,8 @@ class LayerStore:
         return f"model-{index + 1:05d}-of-{self.n_layers + 1:05d}.safetensors"
 
     def load(self, li: int, device: torch.device) -> nn.Module:
-        """Materialise block ``li``'s parameters on ``device`` and run the prepares; returns the block."""
+        """Materialise block ``li``'s parameters on ``device`` (norms fused when
+        :attr:`fuse_on_load`); returns the block."""
         if li in self.written:
             raise RuntimeError(f"block {li} was already compressed and written; a second modifying pass over an "
                                "offloaded model is not supported (run this method without --offload)")
@@ -260,10 +170,16 @@ class LayerStore:
             owner, attr = _owner(block, local)
             owner._parameters[attr] = nn.Parameter(tensors[full], requires_grad=False)
         block.to(device)  # buffers (rotary tables etc.)
-        for prep in self.prepares:
-            block = prep(block, li)
+        if self.fuse_on_load:
+            block = self._fuse_block(block)
         layers[li] = block
         return block
+
+    def _fuse_block(self, block: nn.Module) -> nn.Module:
+        """Slim form of a freshly loaded block (:func:`slimformer.core.fuse.fuse_block`; may replace it)."""
+        from ..core.fuse import fuse_block
+
+        return fuse_block(block, self.adapter, self.model.config)
 
     def release(self, li: int, write: bool) -> None:
         """Write block ``li`` to its shard (``write``) and move its parameters back to meta."""
@@ -294,24 +210,9 @@ def _to_meta(block: nn.Module) -> None:
                 module._parameters[attr] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
 
 
-def fuse_model(model: nn.Module, adapter: ArchAdapter) -> None:
-    """:func:`slimformer.core.fuse.fuse` for in-memory and offloaded models alike: an offloaded
-    model's global tensors are fused now and each block when it is loaded (a prepare step)."""
-    from ..core.fuse import fuse, fuse_block
-
-    store = store_of(model)
-    if store is None:
-        fuse(model, adapter)
-        return
-    if store.fused:
-        return
-    fuse(model, adapter, blocks=False)
-    store.prepares.append(lambda block, _i: fuse_block(block, adapter, model.config))
-    store.fused = True
-
-
 def store_of(model: nn.Module) -> LayerStore | None:
-    """The :class:`LayerStore` of an offloaded model (``None`` for an ordinary in-memory model)."""
+    """The :class:`LayerStore` of a model from :func:`open_offloaded` (``None`` for an ordinary
+    in-memory model). For the API and this module: methods get it as ``Runtime.blocks``."""
     return getattr(model, _ATTR, None)
 
 

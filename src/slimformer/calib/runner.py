@@ -2,9 +2,10 @@
 
 Only the block being processed needs to sit on the compute device; the cached
 activations may stay on CPU (``offload_activations``) or, for an offloaded model
-(:mod:`slimformer.calib.offload`), in files. Every layer loop goes through
-:func:`block_on`, which for an offloaded model loads the block from the
-checkpoint and writes it out afterwards. Inputs of block 0 and the
+(:mod:`slimformer.calib.offload`), in files. Every layer loop gets its blocks from a
+:class:`~slimformer.calib.source.BlockSource` (``with blocks.block(li, device)``),
+which for an offloaded model loads the block from the checkpoint and writes it out
+afterwards; the source also says where activations are stashed. Inputs of block 0 and the
 keyword arguments every block receives (attention mask, rotary tables, position
 ids) are captured by running the model's own forward up to the first block, so
 architecture-specific pre-processing is always the installed transformers'.
@@ -13,15 +14,15 @@ architecture-specific pre-processing is always the installed transformers'.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..arch import ArchAdapter, set_module
-from .offload import ActivationStash, store_of
+from .source import BlockSource, blocks_or_memory, model_device
+from .stash import ActivationStash
 
 logger = logging.getLogger("slimformer.calib.runner")
 
@@ -48,7 +49,7 @@ class BlockInputs:
 
     Attributes:
         hidden: per batch ``[batch, seq, width]`` residual stream entering the block
-            (a tensor, or a :class:`~slimformer.calib.offload.DiskTensor`: use ``.to(device)``).
+            (a tensor, or a :class:`~slimformer.calib.stash.DiskTensor`: use ``.to(device)``).
         kwargs: per batch keyword arguments for the block (on the compute device).
         stash: where activations wait between uses; store with :meth:`put`.
     """
@@ -63,11 +64,6 @@ class BlockInputs:
     def put(self, t: torch.Tensor) -> Any:
         """Park ``t`` (any cached activation, not only block inputs) until it is needed again."""
         return self.stash.put(t)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter."""
-    return next(model.parameters()).device
 
 
 def batches(input_ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -85,12 +81,15 @@ def capture_block_inputs(
     batch_size: int,
     device: torch.device,
     offload_activations: bool,
+    *,
+    blocks: BlockSource | None = None,
 ) -> BlockInputs:
     """Run the model's pre-block forward (embeddings, rotary tables, masks) per batch.
 
-    Returns block 0's inputs ``[b, T, d]`` per batch and the block kwargs. The
-    decoder blocks are detached while this runs, so only the embeddings etc. are
-    moved to ``device`` (and back afterwards).
+    Returns block 0's inputs ``[b, T, d]`` per batch and the block kwargs, stashed where
+    ``blocks`` (default: the in-memory source) keeps activations. The decoder blocks are
+    detached while this runs, so only the embeddings etc. are moved to ``device`` (and
+    back afterwards).
     """
     layers = adapter.get_layers(model)
     home = model_device(model)
@@ -107,43 +106,8 @@ def capture_block_inputs(
         set_module(model, adapter.layers, layers)
         if home != device:
             model.to(home)
-    store = store_of(model)
-    if store is not None:
-        stash = store.stash(device)
-    else:
-        stash = ActivationStash("cpu" if offload_activations else "device", device)
-    out = BlockInputs(stash=stash)
+    out = BlockInputs(stash=blocks_or_memory(blocks, model, adapter).stash(device, offload_activations))
     for hidden, kwargs in catcher.records:
         out.hidden.append(out.put(hidden))
         out.kwargs.append(kwargs)
     return out
-
-
-@contextmanager
-def block_on(model: nn.Module, adapter: ArchAdapter, li: int, device: torch.device,
-             write: bool = True) -> Iterator[nn.Module]:
-    """Decoder block ``li`` on ``device`` for the duration of the ``with``.
-
-    In memory: the block moves to ``device`` and back to the model's device.
-    Offloaded model: the block is loaded from the checkpoint (plus the registered
-    per-block steps) and afterwards written to its output shard (``write=True``,
-    the block was compressed) or dropped (``write=False``, a read-only pass such as
-    block scores); either way its parameters go back to the meta device.
-    """
-    store = store_of(model)
-    layers = adapter.get_layers(model)
-    if store is None:
-        home = model_device(model)
-        block = layers[li].to(device)
-        try:
-            yield block
-        finally:
-            layers[li] = layers[li].to(home)
-        return
-    block = store.load(li, device)
-    ok = False
-    try:
-        yield block
-        ok = True
-    finally:
-        store.release(li, write=write and ok)

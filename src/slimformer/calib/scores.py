@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from ..arch import ArchAdapter
 from .dist import all_reduce_sum
-from .runner import block_on, capture_block_inputs
+from .runner import capture_block_inputs
+from .source import BlockSource, blocks_or_memory
 
 logger = logging.getLogger("slimformer.calib.scores")
 
@@ -76,6 +77,8 @@ def block_scores(
     device: torch.device,
     offload_activations: bool = False,
     progress: bool = True,
+    *,
+    blocks: BlockSource | None = None,
 ) -> LayerScores:
     """BI and cosine per block, running every block once per batch (model unchanged).
 
@@ -84,15 +87,17 @@ def block_scores(
         batch_size: windows per forward.
         device: compute device of the block being run; activations are kept on
             CPU between blocks when ``offload_activations``.
+        blocks: where the decoder blocks come from (default: in memory); read-only pass.
     """
-    inputs = capture_block_inputs(model, adapter, input_ids, batch_size, device, offload_activations)
+    blocks = blocks_or_memory(blocks, model, adapter)
+    inputs = capture_block_inputs(model, adapter, input_ids, batch_size, device, offload_activations, blocks=blocks)
     bi: list[float] = []
     cosine: list[float] = []
     tokens = 0
-    for li in tqdm(range(len(adapter.get_layers(model))), desc="block scores", unit="layer", disable=not progress):
+    for li in tqdm(range(blocks.n_layers), desc="block scores", unit="layer", disable=not progress):
         total = torch.zeros((), dtype=torch.float64)
         tokens = 0
-        with block_on(model, adapter, li, device, write=False) as block:
+        with blocks.block(li, device, write=False) as block:
             for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
                 x = x.to(device)
                 y = _block_output(block, x, kw)  # [b, t, d]

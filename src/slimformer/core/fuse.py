@@ -278,7 +278,7 @@ def fuse(model: nn.Module, adapter: ArchAdapter, blocks: bool = True) -> None:
     Steps: untie the head; for LayerNorm families centre the embeddings;
     :func:`fuse_block` every decoder block (``blocks=False`` leaves them to the caller,
     e.g. an offloaded model fuses each block when it is loaded:
-    :func:`slimformer.calib.offload.fuse_model`); fold the final norm into the head.
+    :meth:`slimformer.calib.offload.LayerStore.fuse_norms`); fold the final norm into the head.
     """
     if is_slim(model, adapter):
         return

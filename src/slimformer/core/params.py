@@ -99,7 +99,7 @@ class ResidualWidths:
         return self.embed if i == 0 else self.out[i - 1]
 
     def of(self, point: Any) -> int:
-        """Width at a :class:`slimformer.calib.residual.Point` (``kind`` in embed/mid/out)."""
+        """Width at a :class:`slimformer.calib.rotate_pass.Point` (``kind`` in embed/mid/out)."""
         if point.kind == "embed":
             return self.embed
         if point.kind == "mid":

@@ -16,27 +16,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..core.dtypes import to_torch_dtype
 from ..core.plan import FORMAT_VERSION
-from ..runtime import modeling_slimformer as runtime
+from ..runtime import modeling_slimformer as modeling
 from ..runtime import plan_schema
 from ..runtime.modeling_slimformer import SlimformerFormatError, load_compressed
 from ..validate import DTYPE_NAMES
+from . import safetensors_io
 from .inputs import check_checkpoint_files
 from .outputs import OutputExistsError, check_output_dir, commit_dir, staged_dir  # noqa: F401 (re-exported)
 
 logger = logging.getLogger("slimformer.io")
 
-MODELING_FILE = Path(runtime.__file__).name
+MODELING_FILE = Path(modeling.__file__).name
 SCHEMA_FILE = Path(plan_schema.__file__).name  # imported by the runtime file: shipped next to it
 AUTO_MAP = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.SlimformerForCausalLM"}
 DEFAULT_MAX_SHARD_BYTES = 4 * 1024**3
@@ -86,36 +85,23 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
     return shards
 
 
-def _save_file(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
-    """``safetensors.torch.save_file``, with its I/O errors (a full disk, ...) raised as ``OSError``."""
-    try:
-        save_file(tensors, str(path), metadata=meta)
-    except OSError:
-        raise
-    except Exception as exc:  # safetensors' SafetensorError wraps the OS error as text
-        m = re.search(r"os error (\d+)", str(exc))
-        if m is None:
-            raise
-        code = int(m.group(1))
-        raise OSError(code, os.strerror(code), str(path)) from None
-
-
 def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> int:
-    """Write safetensors (sharded with the standard index above ``max_shard_bytes``); returns bytes."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    """Write safetensors (sharded with the standard index above ``max_shard_bytes``); returns bytes.
+
+    Each file is streamed tensor by tensor (:func:`slimformer.io.safetensors_io.write_tensors`:
+    tensors move to the CPU one at a time, I/O failures raise ``OSError``)."""
     total = sum(t.numel() * t.element_size() for t in state.values())
     shards = _shards(state, max_shard_bytes)
-    meta = {"format": "pt"}
     if len(shards) == 1:
-        _save_file(shards[0], directory / runtime.WEIGHTS_NAME, meta)
+        safetensors_io.write_tensors(directory / modeling.WEIGHTS_NAME, shards[0])
         return total
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        _save_file(shard, directory / name, meta)
+        safetensors_io.write_tensors(directory / name, shard)
         weight_map.update({k: name for k in shard})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / runtime.WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2))
+    (directory / modeling.WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2))
     return total
 
 
@@ -169,7 +155,7 @@ def write_metadata(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     if plain_changes is None:
-        shutil.copyfile(runtime.__file__, directory / MODELING_FILE)
+        shutil.copyfile(modeling.__file__, directory / MODELING_FILE)
         shutil.copyfile(plan_schema.__file__, directory / SCHEMA_FILE)
     if report is not None:
         (directory / "slimformer_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -299,7 +285,7 @@ def load_model(
         model = load_compressed(name, dtype=dtype, device=device)
         return model, load_tokenizer(name)
     if section is not None:  # a plain HF config: transformers builds it, the section and hashes are still checked
-        runtime.check_saved(name)
+        modeling.check_saved(name)
     if not os.path.isdir(name) and (name.startswith((".", "/", "~")) or Path(name).suffix):
         raise FileNotFoundError(f"model directory not found: {name}")
     from transformers import AutoModelForCausalLM

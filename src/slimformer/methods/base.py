@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..arch import ArchAdapter
+    from ..calib.source import BlockSource
 
 
 @dataclass
@@ -27,12 +28,23 @@ class Runtime:
         batch_size: calibration windows per forward.
         offload_activations: keep cached activations on CPU between blocks.
         progress: show per-layer progress bars.
+        blocks: where the layer loops get the decoder blocks from
+            (:class:`~slimformer.calib.source.BlockSource`); ``None``: the model is in
+            memory (:meth:`block_source` makes an in-memory source). The API passes the
+            :class:`~slimformer.calib.offload.LayerStore` of an offloaded model.
     """
 
     device: torch.device
     batch_size: int = 8
     offload_activations: bool = False
     progress: bool = True
+    blocks: BlockSource | None = None
+
+    def block_source(self, model: nn.Module, adapter: ArchAdapter) -> BlockSource:
+        """:attr:`blocks`, or an in-memory source of ``model`` when it is ``None``."""
+        from ..calib.source import blocks_or_memory
+
+        return blocks_or_memory(self.blocks, model, adapter)
 
 
 # apply(model, adapter, config, calib_ids [N, T], runtime) -> method-specific report fields
@@ -54,9 +66,10 @@ class MethodSpec:
     needs_calibration: bool = True
     #: False for calibration-free methods (PruneNet): passing data is an error, not silently ignored
     accepts_calibration: bool = True
-    #: True when the method touches each block in a single layer-by-layer pass through
-    #: :func:`slimformer.calib.runner.block_on`, so it runs on an offloaded model
-    #: (:mod:`slimformer.calib.offload`); methods that need all blocks at once (training) do not
+    #: True when the method touches each block in a single layer-by-layer pass, taking the
+    #: blocks from ``runtime.blocks`` (:class:`slimformer.calib.source.BlockSource`), so it runs
+    #: on an offloaded model (:mod:`slimformer.calib.offload`); methods that need all blocks at
+    #: once (training) do not
     offload: bool = False
 
     @property

@@ -7,7 +7,7 @@ reuse :class:`PrunePlan` / :func:`plan_counts`:
 1. per-layer fractions from the schedule (BI scores from one dense pass if needed);
    from ``sparsity``, or from ``target_params`` by bisection on the exact parameter
    count (:func:`slimformer.core.structures.pruned_param_count`);
-2. layer by layer, sublayer by sublayer (:func:`slimformer.calib.grams.prune_layerwise`,
+2. layer by layer, sublayer by sublayer (:func:`slimformer.calib.prune_pass.prune_layerwise`,
    one forward per sublayer): the Gram of o's input, value-channel scores, top-k per
    kv head, restoration ``W' = W G[:, S] G[S, S]^{-1}`` of o, the rewrite
    (:func:`slimformer.core.structures.prune_block`); then the same for the MLP, whose
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter, get_module
-from ...calib.grams import prune_layerwise
+from ...calib.prune_pass import prune_layerwise
 from ...calib.runner import capture_block_inputs
 from ...calib.scores import block_scores
 from ...core.fuse import is_slim
@@ -146,7 +146,7 @@ def _refit(W: torch.Tensor, G: torch.Tensor, keep: torch.Tensor, restore: bool,
 
 
 class StructuredPruner:
-    """The :class:`slimformer.calib.grams.LayerPruner` of every structured pruning method."""
+    """The :class:`slimformer.calib.prune_pass.LayerPruner` of every structured pruning method."""
 
     def __init__(self, model: nn.Module, adapter: ArchAdapter, counts: Sequence[LayerCounts], scorer: Scorer,
                  restore: bool, damping: float) -> None:
@@ -192,20 +192,21 @@ def prune_structured(model: nn.Module, adapter: ArchAdapter, config: PruningConf
         raise ValueError(f"{config.method} needs calibration data"
                          + (" for the restoration (or disable it)" if not scorer.needs_activations else ""))
     schedule = make_schedule(config.schedule)
+    blocks = runtime.block_source(model, adapter)
     bi = None
     if schedule.needs_scores:
         if calib_ids is None:
             raise ValueError(f"schedule {config.schedule!r} needs calibration data (BI scores)")
         bi = block_scores(model, adapter, calib_ids, runtime.batch_size, runtime.device,
-                          runtime.offload_activations, runtime.progress).bi
+                          runtime.offload_activations, runtime.progress, blocks=blocks).bi
     plan = plan_counts(model, adapter, config, schedule, bi)
     inputs = None
     if needs_data:
         inputs = capture_block_inputs(model, adapter, calib_ids, runtime.batch_size, runtime.device,
-                                      runtime.offload_activations)
+                                      runtime.offload_activations, blocks=blocks)
     pruner = StructuredPruner(model, adapter, plan.counts, scorer, restore, config.damping)
     prune_layerwise(model, adapter, inputs, pruner, runtime.device, runtime.progress,
-                    gram_dtype=getattr(torch, config.gram_dtype))
+                    gram_dtype=getattr(torch, config.gram_dtype), blocks=blocks)
     report = plan.report_fields(model, schedule.name, config.target_params, logger)
     report["kept"] = [{k: v for k, v in vars(c).items() if v is not None} for c in plan.counts]
     report["restore"] = restore

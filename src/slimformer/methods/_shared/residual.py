@@ -1,5 +1,5 @@
 """The residual-slicing pipeline of SliceGPT and DOTResize: plan widths, fuse norms, then one
-rotate-and-slice pass with a method's :class:`~slimformer.calib.residual.BasisChooser`."""
+rotate-and-slice pass with a method's :class:`~slimformer.calib.rotate_pass.BasisChooser`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter
-from ...calib.offload import fuse_model
-from ...calib.residual import BasisChooser, rotate_and_slice
+from ...calib.rotate_pass import BasisChooser, rotate_and_slice
 from ...calib.runner import capture_block_inputs
 from ...calib.scores import LayerScores, block_scores
 from ...core.params import ResidualWidths, compressed_param_count, count_checked, count_params
@@ -71,7 +70,7 @@ def slice_residual_stream(
     """Plan residual widths, then fuse norms and rotate/slice with the chooser's bases (in place).
 
     Shared by every method that picks one basis per residual point (SliceGPT,
-    DOTResize): only the :class:`~slimformer.calib.residual.BasisChooser` differs.
+    DOTResize): only the :class:`~slimformer.calib.rotate_pass.BasisChooser` differs.
 
     Steps: (1) if the schedule needs them, per-block BI/cosine scores from one
     forward pass over ``calib_ids`` on the dense model; (2) per-point widths from
@@ -90,11 +89,12 @@ def slice_residual_stream(
     """
     d = model.config.hidden_size
     schedule = widths_config.make_schedule()
+    blocks = runtime.block_source(model, adapter)
     scores: LayerScores | None = None
     if schedule.needs_scores:
         scores = block_scores(
             model, adapter, calib_ids, runtime.batch_size, runtime.device,
-            runtime.offload_activations, runtime.progress,
+            runtime.offload_activations, runtime.progress, blocks=blocks,
         )
     plan = plan_residual_widths(model, adapter, widths_config, schedule, scores.bi if scores is not None else None,
                                 keep_tied=keep_tied)
@@ -103,12 +103,12 @@ def slice_residual_stream(
         "%s (%s): d=%d, mean slicing %.4f, layer widths %s",
         label, plan.schedule, d, plan.sparsity, list(plan.layer_widths),
     )
-    fuse_model(model, adapter)  # offloaded models fuse each block as it is loaded
+    blocks.fuse_norms()  # an offloaded source fuses each block as it is loaded
     inputs = capture_block_inputs(
-        model, adapter, calib_ids, runtime.batch_size, runtime.device, runtime.offload_activations
+        model, adapter, calib_ids, runtime.batch_size, runtime.device, runtime.offload_activations, blocks=blocks
     )
     chooser = make_chooser(widths)
-    rotate_and_slice(model, adapter, inputs, chooser, runtime.device, runtime.progress)
+    rotate_and_slice(model, adapter, inputs, chooser, runtime.device, runtime.progress, blocks=blocks)
     if finish is not None:
         finish(chooser)
     report = plan.report()

@@ -49,8 +49,8 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter
-from ...calib.grams import WriterGrams, prune_layerwise
-from ...calib.residual import Point
+from ...calib.prune_pass import WriterGrams, prune_layerwise
+from ...calib.rotate_pass import Point
 from ...calib.runner import capture_block_inputs
 from ...calib.scores import block_scores
 from ...core.fuse import is_slim
@@ -157,16 +157,17 @@ def merge_mlp(
     if is_slim(model, adapter):
         raise ValueError("dotresize where='mlp' needs the original Hugging Face model; this one was already "
                          "rotated/sliced")
+    blocks = runtime.block_source(model, adapter)
     schedule = config.widths_config().make_schedule()
     bi = None
     if schedule.needs_scores:
         bi = block_scores(model, adapter, calib_ids, runtime.batch_size, runtime.device,
-                          runtime.offload_activations, runtime.progress).bi
+                          runtime.offload_activations, runtime.progress, blocks=blocks).bi
     counts_config = PruningConfig(sparsity=config.sparsity, target_params=config.target_params, attention="none",
                                   schedule=config.schedule, round_to=config.round_to or 1)
     plan = plan_counts(model, adapter, counts_config, schedule, bi)
     inputs = capture_block_inputs(model, adapter, calib_ids, runtime.batch_size, runtime.device,
-                                  runtime.offload_activations)
+                                  runtime.offload_activations, blocks=blocks)
     kept_energy: dict[str, float] = {}
     transport: dict[str, dict[str, float]] = {}
 
@@ -191,7 +192,7 @@ def merge_mlp(
         kept_energy[name] = round(float(torch.trace(Q.T @ C @ Q) / torch.trace(C)), 6)
         merge_mlp_channels(block, adapter, T)
 
-    prune_layerwise(model, adapter, inputs, step, runtime.device, runtime.progress)
+    prune_layerwise(model, adapter, inputs, step, runtime.device, runtime.progress, blocks=blocks)
     report: dict[str, Any] = {"where": "mlp",
                               **plan.report_fields(model, schedule.name, config.target_params, logger)}
     report.update(kept=[{"mlp": c.mlp} for c in plan.counts], kept_energy=kept_energy, transport=transport)

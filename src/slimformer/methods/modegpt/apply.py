@@ -39,8 +39,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...arch import ArchAdapter, get_module
-from ...calib.grams import gram_capture_hook, block_view
-from ...calib.runner import BlockInputs, block_on, capture_block_inputs
+from ...calib.prune_pass import gram_capture_hook, block_view
+from ...calib.runner import BlockInputs, capture_block_inputs
 from ...calib.scores import block_scores
 from ...calib.stats import Covariance
 from ...core.fuse import is_slim
@@ -321,18 +321,18 @@ def apply_modegpt(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig,
     """MoDeGPT (Lin et al., 2025), in place. Returns report fields (schedule, fractions, kept sizes)."""
     _check(model, adapter, config)
     schedule = config.make_schedule()
+    blocks = runtime.block_source(model, adapter)
     bi = None
     if schedule.needs_scores:
         bi = block_scores(model, adapter, calib_ids, runtime.batch_size, runtime.device,
-                          runtime.offload_activations, runtime.progress).bi
+                          runtime.offload_activations, runtime.progress, blocks=blocks).bi
     plan = plan_counts(model, adapter, config, schedule, bi)
     inputs = capture_block_inputs(model, adapter, calib_ids, runtime.batch_size, runtime.device,
-                                  runtime.offload_activations)
+                                  runtime.offload_activations, blocks=blocks)
     comp = _Compressor(model, adapter, config, plan.counts, runtime.device)
     with torch.no_grad():
-        for li in tqdm(range(len(adapter.get_layers(model))), desc="modegpt", unit="layer",
-                       disable=not runtime.progress):
-            with block_on(model, adapter, li, runtime.device) as block:
+        for li in tqdm(range(blocks.n_layers), desc="modegpt", unit="layer", disable=not runtime.progress):
+            with blocks.block(li, runtime.device) as block:
                 comp.block(li, block, inputs)
     report = plan.report_fields(model, schedule.name, config.target_params, logger)
     report["modules"] = comp.report

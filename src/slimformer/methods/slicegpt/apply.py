@@ -5,7 +5,7 @@ Departures from the official code, all on purpose:
 * RMSNorm models are not mean-centred (the official ``fuse_modules`` centres the
   embeddings of every model, which changes a Llama's function);
 * each sublayer runs once per calibration batch (see
-  :mod:`slimformer.calib.residual`);
+  :mod:`slimformer.calib.rotate_pass`);
 * with the head unsliced, the last block keeps the original basis (identity
   instead of a PCA rotation): the function is the same, and the head keeps the
   original weights times the folded final-norm scale.
@@ -34,8 +34,7 @@ import torch
 from torch import nn
 
 from ...arch import ArchAdapter, get_module
-from ...calib.offload import fuse_model, store_of
-from ...calib.residual import Point, normalized_stream_covariance
+from ...calib.rotate_pass import Point, normalized_stream_covariance
 from ...calib.runner import capture_block_inputs
 from ...calib.stats import pca_basis
 from ...core.fuse import is_slim, tie_head_through_projection, to_plain_rmsnorm_model
@@ -138,7 +137,7 @@ def shared_basis(
     its normalised input outside ``span(Q)``; the total over all points,
     ``sum_p E|n_p - n_p Q Q^T|^2``, is minimised by the top-``d'`` eigenvectors of
     ``C = sum_p E[n_p n_p^T]`` (Ky Fan), with ``n_p`` what point ``p``'s norm hands its
-    readers (:func:`slimformer.calib.residual.normalized_stream_covariance`). Summing the
+    readers (:func:`slimformer.calib.rotate_pass.normalized_stream_covariance`). Summing the
     *normalised* covariances weighs every point equally; summing raw ones would let the
     last blocks, whose residual norm is largest, choose the basis alone. No point is
     calibrated on an already sliced upstream (the basis must be known before the first
@@ -154,7 +153,8 @@ def shared_basis(
     if adapter.norm_kind != "rms" or adapter.parallel:
         raise ValueError(f"basis='shared' needs a sequential RMSNorm family (llama, mistral, qwen2, qwen3), not "
                          f"{adapter.name}: use basis='per-layer' (default SliceGPT) for it")
-    if store_of(model) is not None:
+    blocks = runtime.block_source(model, adapter)
+    if blocks.offloaded:
         raise ValueError("basis='shared' rebuilds the model as a plain architecture and cannot run offloaded; "
                          "load the model in memory (drop --offload)")
     if is_slim(model, adapter):
@@ -168,10 +168,10 @@ def shared_basis(
     plan = plan_residual_widths(model, adapter, config, schedule, None, shared_basis=True)
     k = plan.widths.embed
     logger.info("SliceGPT (shared basis): d=%d -> %d everywhere (slicing %.4f)", d, k, plan.sparsity)
-    fuse_model(model, adapter)
+    blocks.fuse_norms()
     inputs = capture_block_inputs(model, adapter, calib_ids, runtime.batch_size, runtime.device,
-                                  runtime.offload_activations)
-    cov = normalized_stream_covariance(model, adapter, inputs, runtime.device, runtime.progress)
+                                  runtime.offload_activations, blocks=blocks)
+    cov = normalized_stream_covariance(model, adapter, inputs, runtime.device, runtime.progress, blocks=blocks)
     total = float(torch.trace(cov))
     ridge = config.damping * total / d
     vals, Q = pca_basis(cov, config.damping, overwrite=True)

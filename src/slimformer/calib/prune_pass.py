@@ -1,8 +1,8 @@
-"""Layer-at-a-time pruning driver: Gram matrices of each block's second linears.
+"""The prune pass: layer-at-a-time pruning driven by the Gram matrices of each block's writers.
 
-Each sublayer runs **once** per calibration batch (as SliceGPT's residual pass),
-and the MLP sees the *already pruned* attention. For block ``i`` (inputs cached
-from the already pruned blocks ``< i``), sequential blocks:
+Each sublayer runs **once** per calibration batch (as the rotate-and-slice pass of
+:mod:`slimformer.calib.rotate_pass`), and the MLP sees the *already pruned* attention.
+For block ``i`` (inputs cached from the already pruned blocks ``< i``), sequential blocks:
 
     a   = Attn(norm_a(x))      pre-hook on o: A = o's input [b, t, n_heads * v_hd],
                                G_o += A^T A (float64); A is cached
@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from ..arch import ArchAdapter, get_module
 from ..runtime.modeling_slimformer import SlimBlock
-from .runner import BlockInputs, block_on
+from .runner import BlockInputs
+from .source import BlockSource, blocks_or_memory
 from .stats import Covariance
 
-logger = logging.getLogger("slimformer.calib.grams")
+logger = logging.getLogger("slimformer.calib.prune_pass")
 
 
 @dataclass
@@ -108,7 +109,10 @@ class _StepPruner:
         self.step(layer, block, grams)
 
 
-class _Pass:
+class _GramPrunePass:
+    """The per-block steps of :func:`prune_layerwise` with calibration data: gather the writers'
+    Grams one sublayer at a time, let the pruner decide, feed the pruned outputs on."""
+
     def __init__(self, model: nn.Module, adapter: ArchAdapter, inputs: BlockInputs, device: torch.device,
                  gram_dtype: torch.dtype) -> None:
         self.model, self.adapter, self.inputs, self.device = model, adapter, inputs, device
@@ -189,6 +193,8 @@ def prune_layerwise(
     device: torch.device,
     progress: bool = True,
     gram_dtype: torch.dtype = torch.float64,
+    *,
+    blocks: BlockSource | None = None,
 ) -> None:
     """Let ``pruner`` prune every block in order, on ``device``.
 
@@ -200,13 +206,15 @@ def prune_layerwise(
     With ``inputs`` (block 0's cached inputs, consumed) the writers' Grams are
     gathered with one forward per sublayer and the pruned block's outputs feed the
     next block; with ``inputs=None`` no forward runs (weight-only criteria) and
-    the pruner gets ``None`` Grams.
+    the pruner gets ``None`` Grams. ``blocks``: where the decoder blocks come from
+    (default: in memory); each is written back once pruned.
     """
     if not hasattr(pruner, "attention"):
         pruner = _StepPruner(pruner)  # type: ignore[arg-type]
-    run = _Pass(model, adapter, inputs, device, gram_dtype) if inputs is not None else None
-    for li in tqdm(range(len(adapter.get_layers(model))), desc="prune", unit="layer", disable=not progress):
-        with block_on(model, adapter, li, device) as block:
+    blocks = blocks_or_memory(blocks, model, adapter)
+    run = _GramPrunePass(model, adapter, inputs, device, gram_dtype) if inputs is not None else None
+    for li in tqdm(range(blocks.n_layers), desc="prune", unit="layer", disable=not progress):
+        with blocks.block(li, device) as block:
             if run is None:
                 pruner.attention(li, block, None)
                 pruner.mlp(li, block, None)

@@ -1,4 +1,4 @@
-"""One calibration pass that chooses a basis for every point of the residual stream.
+"""The rotate-and-slice pass: choose a basis for every point of the residual stream, apply it.
 
 Shared by the methods that rotate/slice the residual stream (SliceGPT, layer-
 redundancy slicing, DOTResize). Each sublayer's forward runs **once** per
@@ -37,10 +37,11 @@ from ..core.rotate import (
     apply_embedding_basis,
     apply_head_basis,
 )
-from .runner import BlockInputs, block_on
+from .runner import BlockInputs
+from .source import BlockSource, blocks_or_memory
 from .stats import Covariance
 
-logger = logging.getLogger("slimformer.calib.residual")
+logger = logging.getLogger("slimformer.calib.rotate_pass")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ def _from_stream(x: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     return x @ Q.T.to(device=x.device, dtype=x.dtype)
 
 
-class _Pass:
+class _RotateSlicePass:
+    """The per-block steps of :func:`rotate_and_slice`: choose a basis from a point's covariance,
+    rotate/slice the block's readers and writers, carry the cached activations along."""
+
     def __init__(self, model: nn.Module, adapter: ArchAdapter, chooser: BasisChooser, device: torch.device) -> None:
         self.model, self.adapter, self.chooser, self.device = model, adapter, chooser, device
         self.d = model.config.hidden_size
@@ -134,21 +138,24 @@ def rotate_and_slice(
     chooser: BasisChooser,
     device: torch.device,
     progress: bool = True,
+    *,
+    blocks: BlockSource | None = None,
 ) -> None:
     """Choose and apply a basis at every residual point, block by block (in place).
 
-    ``model`` must be in slim form (:func:`slimformer.core.fuse.fuse`) and
-    ``inputs`` must hold block 0's inputs in the original basis; they are
-    consumed.
+    ``model`` must be in slim form (``blocks.fuse_norms()``) and ``inputs`` must hold
+    block 0's inputs in the original basis; they are consumed. ``blocks``: where the
+    decoder blocks come from (default: in memory); each is written back once compressed.
     """
-    run = _Pass(model, adapter, chooser, device)
+    blocks = blocks_or_memory(blocks, model, adapter)
+    run = _RotateSlicePass(model, adapter, chooser, device)
     Q = run.basis(Point("embed", -1), inputs.hidden)
     apply_embedding_basis(model, adapter, Q)
     inputs.hidden = [inputs.put(_to_stream(x.to(device), Q)) for x in inputs.hidden]
-    n = len(adapter.get_layers(model))
+    n = blocks.n_layers
     step = run.parallel_block if adapter.parallel else run.sequential_block
     for li in tqdm(range(n), desc="rotate+slice", unit="layer", disable=not progress):
-        with block_on(model, adapter, li, device) as block:
+        with blocks.block(li, device) as block:
             Q = step(block, inputs, Q, li, li == n - 1)
         logger.debug("layer %d done", li)
     apply_head_basis(model, adapter, Q)
@@ -161,6 +168,8 @@ def normalized_stream_covariance(
     inputs: BlockInputs,
     device: torch.device,
     progress: bool = True,
+    *,
+    blocks: BlockSource | None = None,
 ) -> torch.Tensor:
     """Sum over every residual point of the covariance of what that point's norm hands its readers.
 
@@ -173,12 +182,13 @@ def normalized_stream_covariance(
 
     Used by shared-basis SliceGPT: the top eigenvectors of this sum minimise the total
     squared error the readers of *all* points see when one basis slices the whole stream.
+    ``blocks``: where the decoder blocks come from (default: in memory); read-only pass.
     """
     d = model.config.hidden_size
     acc = Covariance(d)
-    layers = adapter.get_layers(model)
-    for li in tqdm(range(len(layers)), desc="stream covariance", unit="layer", disable=not progress):
-        with block_on(model, adapter, li, device, write=False) as block:
+    blocks = blocks_or_memory(blocks, model, adapter)
+    for li in tqdm(range(blocks.n_layers), desc="stream covariance", unit="layer", disable=not progress):
+        with blocks.block(li, device, write=False) as block:
             attn_norm = get_module(block, adapter.attn_norm)
             outs = []
             for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
