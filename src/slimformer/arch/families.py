@@ -56,6 +56,15 @@ LLAMA = _llama_like("llama", ("llama",))
 MISTRAL = _llama_like("mistral", ("mistral",))
 QWEN2 = _llama_like("qwen2", ("qwen2",))  # q/k/v biases: outputs, unaffected by residual rotation
 QWEN3 = _llama_like("qwen3", ("qwen3",), head_norms=True)  # per-head q/k RMSNorm acts on head dims, not the residual
+# Llama's module names, RMSNorm, half-split RoPE: only the description differs. Ministral:
+# sliding-window layers (the installed transformers' attention applies them); SmolLM3: some
+# layers without RoPE (NoPE); Seed-OSS: q/k/v biases (outputs, unaffected by rotation);
+# Hunyuan dense: per-head q/k norms over the head dim (query_layernorm / key_layernorm).
+MINISTRAL = _llama_like("ministral", ("ministral",))
+HELIUM = _llama_like("helium", ("helium",))
+SMOLLM3 = _llama_like("smollm3", ("smollm3",))
+SEED_OSS = _llama_like("seed_oss", ("seed_oss",))
+HUNYUAN_DENSE = _llama_like("hunyuan_v1_dense", ("hunyuan_v1_dense",), head_norms=True)
 
 OPT = ArchAdapter(
     name="opt",
@@ -100,4 +109,5 @@ PHI = ArchAdapter(
     validate=_check_phi,
 )
 
-ALL_ADAPTERS: tuple[ArchAdapter, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, OPT, PHI)
+ALL_ADAPTERS: tuple[ArchAdapter, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, OPT, PHI, MINISTRAL, HELIUM, SMOLLM3,
+                                         SEED_OSS, HUNYUAN_DENSE)

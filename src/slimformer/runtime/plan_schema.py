@@ -53,6 +53,11 @@ ALLOWED_ARCHITECTURES: dict[str, str] = {
     "Qwen3ForCausalLM": "qwen3",
     "OPTForCausalLM": "opt",
     "PhiForCausalLM": "phi",
+    "MinistralForCausalLM": "ministral",
+    "HeliumForCausalLM": "helium",
+    "SmolLM3ForCausalLM": "smollm3",
+    "SeedOssForCausalLM": "seed_oss",
+    "HunYuanDenseV1ForCausalLM": "hunyuan_v1_dense",
 }
 
 #: activation names a fused block without an MLP module may use (``modeling_slimformer.ACTIVATIONS``)
