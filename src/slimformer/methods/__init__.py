@@ -21,11 +21,12 @@ from .dotresize import DOTResizeConfig
 from .modegpt import MoDeGPTConfig
 from .prunenet import PruneNetConfig
 from .disp import DISPConfig
+from .auto import AutoConfig
 
 for _pkg in pkgutil.iter_modules(__path__):  # method packages not named above (``_shared`` is no method)
     if _pkg.ispkg and not _pkg.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_pkg.name}")
 
-__all__ = ["DISPConfig", "DOTResizeConfig", "FASPConfig", "METHODS", "MagnitudeConfig", "MethodSpec",
+__all__ = ["AutoConfig", "DISPConfig", "DOTResizeConfig", "FASPConfig", "METHODS", "MagnitudeConfig", "MethodSpec",
            "MoDeGPTConfig", "PruneNetConfig", "RandomConfig", "Runtime", "SliceGPTConfig", "WandaSPConfig",
            "get_method", "method_names", "register_method", "spec_for_config"]
