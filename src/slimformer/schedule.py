@@ -402,6 +402,7 @@ def plan_schedule(
     target_params: float | None = None,
     round_to: int = 1,
     slice_head: bool = False,
+    **variant: bool,
 ) -> SchedulePlan:
     """Residual widths for ``model`` (dense) from a mean slicing or a parameter target.
 
@@ -414,6 +415,9 @@ def plan_schedule(
             found by bisection on the exact count. Exactly one of the two.
         round_to: widths are multiples of this.
         slice_head: also slice the last block's output / the head input.
+        variant: ``keep_tied`` / ``shared_basis`` flags of
+            :func:`slimformer.core.params.compressed_param_count`: the budget search then
+            counts that SliceGPT variant's head and shortcuts exactly.
     """
     if (sparsity is None) == (target_params is None):
         raise ValueError("give exactly one of sparsity or target_params")
@@ -426,12 +430,13 @@ def plan_schedule(
     def build(sp: float) -> SchedulePlan:
         fs, ws = layer_widths_for(schedule, sp, n_layers, d, scores, round_to)
         widths = ResidualWidths.from_layer_widths(ws, d, adapter.parallel, slice_head)
-        after = compressed_param_count(model, adapter, widths)
+        after = compressed_param_count(model, adapter, widths, **variant)
         return SchedulePlan(schedule.name, sp, tuple(fs), tuple(ws), widths, after, before,
                             target_params, schedule.params())
 
+    flags = ", ".join(k for k, v in variant.items() if v)
     plan = solve_budget(build, sparsity=sparsity, target_params=target_params, lo=schedule.min_sparsity(),
-                        label=f"{schedule.name} schedule")
+                        label=f"{schedule.name} schedule" + (f" ({flags})" if flags else ""))
     if target_params is None:
         return plan
     target = float(target_params)

@@ -13,8 +13,8 @@ from ...arch import ArchAdapter
 from ...calib.rotate_pass import BasisChooser, rotate_and_slice
 from ...calib.runner import capture_block_inputs
 from ...calib.scores import LayerScores, block_scores
-from ...core.params import ResidualWidths, compressed_param_count, count_checked, count_params
-from ...schedule import Schedule, SchedulePlan, layer_widths_for, plan_schedule, solve_budget
+from ...core.params import ResidualWidths, count_checked
+from ...schedule import Schedule, SchedulePlan, plan_schedule
 from ..base import Runtime
 from .widths import ResidualWidthsConfig
 
@@ -35,24 +35,9 @@ def plan_residual_widths(
     :func:`slimformer.core.params.compressed_param_count`; when one is set the budget search
     counts that variant's head and shortcuts exactly (same search, same rounding rules).
     """
-    sparsity, target = widths_config.sparsity, widths_config.target_params
-    round_to, slice_head = widths_config.resolved_round_to(), widths_config.slice_head
-    if not any(variant.values()):
-        return plan_schedule(model, adapter, schedule, scores, sparsity=sparsity, target_params=target,
-                             round_to=round_to, slice_head=slice_head)
-    d = model.config.hidden_size
-    n_layers = len(adapter.get_layers(model))
-    before = count_params(model)
-
-    def build(sp: float) -> SchedulePlan:
-        fs, ws = layer_widths_for(schedule, sp, n_layers, d, scores, round_to)
-        widths = ResidualWidths.from_layer_widths(ws, d, adapter.parallel, slice_head)
-        after = compressed_param_count(model, adapter, widths, **variant)
-        return SchedulePlan(schedule.name, sp, tuple(fs), tuple(ws), widths, after, before, target,
-                            schedule.params())
-
-    return solve_budget(build, sparsity=sparsity, target_params=target, lo=schedule.min_sparsity(),
-                        label=f"{schedule.name} schedule ({', '.join(k for k, v in variant.items() if v)})")
+    return plan_schedule(model, adapter, schedule, scores, sparsity=widths_config.sparsity,
+                         target_params=widths_config.target_params, round_to=widths_config.resolved_round_to(),
+                         slice_head=widths_config.slice_head, **variant)
 
 
 def slice_residual_stream(
