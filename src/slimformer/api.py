@@ -294,8 +294,6 @@ def provenance(calib: Any, seed: int | None, before: int, after: int, base: Any)
     }
 
 
-__all__ = ["CompressionResult", "compress", "compress_offloaded", "count_params", "load_model"]
-
 
 def export(model: str | os.PathLike | nn.Module, out: str | os.PathLike, to: str = "gguf", dtype: str = "f32",
            overwrite: bool = False) -> str:
@@ -326,3 +324,6 @@ def export(model: str | os.PathLike | nn.Module, out: str | os.PathLike, to: str
 
         return str(export_plain(model, out, overwrite=overwrite))
     raise ValueError(f"unknown export target {to!r}: use one of {', '.join(EXPORT_TARGETS)}")
+
+
+__all__ = ["CompressionResult", "block_source", "compress", "compress_offloaded", "count_params", "export", "load_model"]
