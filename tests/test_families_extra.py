@@ -1,4 +1,4 @@
-"""Families described by a Llama-style adapter (Ministral, Helium, SmolLM3, Seed-OSS, Hunyuan dense):
+"""Families described by a Llama-style adapter (Ministral, Helium, SmolLM3, Seed-OSS, Hunyuan dense, Gemma):
 fusion + rotation is exact, every method is exact at sparsity 0, and a compressed model reloads
 through the saved runtime file (``trust_remote_code``) and through slimformer."""
 
@@ -24,6 +24,7 @@ CONFIGS = {
     "smollm3": "SmolLM3Config",
     "seed_oss": "SeedOssConfig",
     "hunyuan_v1_dense": "HunYuanDenseV1Config",
+    "gemma": "GemmaConfig",  # (1 + w) RMSNorm, sqrt(d) embedding scale, GeGLU
 }
 
 
@@ -102,3 +103,26 @@ def test_compressed_model_reloads_with_remote_code(family: str, tmp_path: Path) 
         expected = _logits(result.model, ids)
         assert (_logits(remote, ids) - expected).abs().max().item() <= 1e-5
         assert (_logits(loaded, ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_gemma_offset_norms_with_tied_head_variants(tmp_path: Path) -> None:
+    """Gemma's (1 + w) norms through the variants that read the final norm's scale directly."""
+    def tied() -> torch.nn.Module:
+        model = _model("gemma")
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+        return model
+
+    ids, calib = _ids(), _ids(8, 24, seed=2)
+    dense = _logits(tied(), ids)
+    for config in (sf.SliceGPTConfig(sparsity=0.0, keep_tied=True),
+                   sf.SliceGPTConfig(sparsity=0.0, basis="shared", slice_head=True)):
+        model = tied()
+        sf.compress(model, config, calib, progress=False)
+        assert (_logits(model, ids) - dense).abs().max().item() <= TOL, config
+    result = sf.compress(tied(), sf.SliceGPTConfig(sparsity=0.25, basis="shared", slice_head=True), calib,
+                         progress=False)
+    out = Path(result.save(tmp_path / "shared"))
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()  # a plain Gemma of hidden size 48
+    assert plain.config.hidden_size == 48
+    assert (_logits(plain, ids) - _logits(result.model, ids)).abs().max().item() <= 1e-5

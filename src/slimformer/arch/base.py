@@ -57,6 +57,8 @@ class ArchAdapter:
             False for learned positions (OPT).
         head_norms: q/k carry a per-head norm over the head dim (Qwen3), so q/k head
             dims cannot be cut.
+        norm_offset: the norms scale by ``norm_offset + weight`` (Gemma's RMSNorm stores
+            ``weight`` as an offset from 1: ``norm_offset=1``); fusion folds the whole scale.
         validate: optional check of the config raising UnsupportedModelError.
     """
 
@@ -83,6 +85,7 @@ class ArchAdapter:
     head: str = "lm_head"
     rope: bool = True
     head_norms: bool = False
+    norm_offset: float = 0.0
     validate: Callable[[Any], None] | None = field(default=None, compare=False)
 
     # ----- derived, read-only views -------------------------------------------------

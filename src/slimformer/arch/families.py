@@ -29,10 +29,12 @@ def _check_phi(config: Any) -> None:
         raise UnsupportedModelError("Phi variant not supported: qk_layernorm=True")
 
 
-def _llama_like(name: str, model_types: tuple[str, ...], head_norms: bool = False) -> ArchAdapter:
+def _llama_like(name: str, model_types: tuple[str, ...], head_norms: bool = False,
+                norm_offset: float = 0.0) -> ArchAdapter:
     """Llama-style: RMSNorm, sequential block, gated MLP, tied or untied head."""
     return ArchAdapter(
         head_norms=head_norms,
+        norm_offset=norm_offset,
         name=name,
         model_types=model_types,
         layers="model.layers",
@@ -65,6 +67,9 @@ HELIUM = _llama_like("helium", ("helium",))
 SMOLLM3 = _llama_like("smollm3", ("smollm3",))
 SEED_OSS = _llama_like("seed_oss", ("seed_oss",))
 HUNYUAN_DENSE = _llama_like("hunyuan_v1_dense", ("hunyuan_v1_dense",), head_norms=True)
+# Gemma (1): RMSNorm scales by (1 + weight); embeddings are multiplied by sqrt(hidden_size) in the
+# model's own forward (kept: calibration and the saved runtime both run that forward); GeGLU MLP.
+GEMMA = _llama_like("gemma", ("gemma",), norm_offset=1.0)
 
 OPT = ArchAdapter(
     name="opt",
@@ -110,4 +115,4 @@ PHI = ArchAdapter(
 )
 
 ALL_ADAPTERS: tuple[ArchAdapter, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, OPT, PHI, MINISTRAL, HELIUM, SMOLLM3,
-                                         SEED_OSS, HUNYUAN_DENSE)
+                                         SEED_OSS, HUNYUAN_DENSE, GEMMA)

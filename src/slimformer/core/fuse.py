@@ -54,12 +54,22 @@ def _with_bias(root: nn.Module, path: str) -> nn.Linear:
 
 
 @torch.no_grad()
-def fold_norm_into_readers(norm: nn.Module, root: nn.Module, reader_paths: list[str]) -> None:
+def norm_scale(norm: nn.Module, offset: float = 0.0) -> torch.Tensor | None:
+    """The elementwise scale ``offset + weight`` of a norm, float64 ``[d]`` (``None``: weightless).
+
+    ``offset``: :attr:`slimformer.arch.ArchAdapter.norm_offset` (1 for Gemma's RMSNorm)."""
+    w = getattr(norm, "weight", None)
+    return None if w is None else w.detach().double() + offset
+
+
+@torch.no_grad()
+def fold_norm_into_readers(norm: nn.Module, root: nn.Module, reader_paths: list[str], offset: float = 0.0) -> None:
     """Fold ``y = w * x_hat + b`` into readers ``W y + c``: W <- W diag(w), c <- c + W b.
 
-    ``norm.weight``: [d]; reader weight ``W``: [out, d]; computed in float64.
+    ``w = offset + norm.weight``: [d] (:func:`norm_scale`); reader weight ``W``: [out, d];
+    computed in float64.
     """
-    w = norm.weight.double() if getattr(norm, "weight", None) is not None else None
+    w = norm_scale(norm, offset)
     b = norm.bias.double() if getattr(norm, "bias", None) is not None else None
     for path in reader_paths:
         lin = get_module(root, path)
@@ -159,6 +169,27 @@ def tie_head_through_projection(
 
 
 @torch.no_grad()
+def _rescale_embedding(emb: nn.Module, d: int, w: int) -> float:
+    """Embeddings that multiply by ``sqrt(hidden_size)`` in their forward (Gemma's
+    ``embed_scale``) would scale by ``sqrt(w)`` once the config says ``hidden_size = w``: fold
+    ``r = sqrt(d) / sqrt(w)`` into the weight and set the new scale. Returns ``r`` (1 when the
+    embedding has no such scale)."""
+    scale = getattr(emb, "embed_scale", None)
+    if scale is None:
+        return 1.0
+    old = float(scale)
+    if abs(old - math.sqrt(d)) > 1e-6 * old:
+        raise ValueError(f"the embedding scales by {old}, not sqrt(hidden_size): a plain model of another width "
+                         "cannot reproduce it; use basis='per-layer'")
+    new = math.sqrt(w)
+    emb.weight.mul_(old / new)
+    scale.fill_(new)
+    if hasattr(emb, "scalar_embed_scale"):
+        emb.scalar_embed_scale = new
+    return old / new
+
+
+@torch.no_grad()
 def to_plain_rmsnorm_model(
     model: nn.Module, adapter: ArchAdapter, layer_cls: type, tie: bool, g0: float = 1.0, tied_keys: Any = None,
 ) -> None:
@@ -208,6 +239,7 @@ def to_plain_rmsnorm_model(
             lin.weight.mul_(c)
             if lin.bias is not None:
                 lin.bias.mul_(c)
+    r = _rescale_embedding(emb, d, w)
     cfg.hidden_size = w
     cfg.head_dim = head_dim
     dtype, device = emb.weight.dtype, emb.weight.device
@@ -222,7 +254,7 @@ def to_plain_rmsnorm_model(
         for name in adapter.block_module_names():
             if name in (adapter.attn_norm, adapter.mlp_norm):
                 norm = get_module(fresh, name)
-                norm.weight = filled(s)
+                norm.weight = filled(s - adapter.norm_offset)
                 norm_cls = type(norm)
             else:
                 set_module(fresh, name, get_module(block, name))
@@ -234,10 +266,10 @@ def to_plain_rmsnorm_model(
     final = norm_cls(w, eps=eps).to(device=device, dtype=dtype)
     head = get_module(model, adapter.head)
     if tie:
-        final.weight = filled(g0 * d / w)
+        final.weight = filled(g0 * d / w / r - adapter.norm_offset)  # the tied head reads E * r
         tie_head(model, adapter, tied_keys)
     else:
-        final.weight = filled(s)
+        final.weight = filled(s - adapter.norm_offset)
         head.in_features = w
     set_module(model, adapter.final_norm, final)
     logger.info("shared basis: converted to a plain %s with hidden_size %d (head %s)",
@@ -262,10 +294,11 @@ def fuse_block(block: nn.Module, adapter: ArchAdapter, config: Any) -> SlimBlock
     attn_readers = list(adapter.attn_readers)
     if adapter.parallel:
         attn_readers += list(adapter.mlp_readers)
-    fold_norm_into_readers(get_module(block, adapter.attn_norm), block, attn_readers)
+    fold_norm_into_readers(get_module(block, adapter.attn_norm), block, attn_readers, adapter.norm_offset)
     _replace_norm(block, adapter.attn_norm, d)
     if adapter.mlp_norm is not None:
-        fold_norm_into_readers(get_module(block, adapter.mlp_norm), block, list(adapter.mlp_readers))
+        fold_norm_into_readers(get_module(block, adapter.mlp_norm), block, list(adapter.mlp_readers),
+                               adapter.norm_offset)
         _replace_norm(block, adapter.mlp_norm, d)
     modules = {name: get_module(block, name) for name in adapter.block_module_names()}
     return SlimBlock(adapter.block_layout(config), modules)
@@ -292,6 +325,6 @@ def fuse(model: nn.Module, adapter: ArchAdapter, blocks: bool = True) -> None:
     if blocks:
         for i, block in enumerate(layers):
             layers[i] = fuse_block(block, adapter, model.config)
-    fold_norm_into_readers(get_module(model, adapter.final_norm), model, [adapter.head])
+    fold_norm_into_readers(get_module(model, adapter.final_norm), model, [adapter.head], adapter.norm_offset)
     _replace_norm(model, adapter.final_norm, d)
     logger.info("fused norms of %d blocks (%s, %s norm)", len(layers), adapter.name, adapter.norm_kind)

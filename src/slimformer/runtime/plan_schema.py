@@ -58,6 +58,7 @@ ALLOWED_ARCHITECTURES: dict[str, str] = {
     "SmolLM3ForCausalLM": "smollm3",
     "SeedOssForCausalLM": "seed_oss",
     "HunYuanDenseV1ForCausalLM": "hunyuan_v1_dense",
+    "GemmaForCausalLM": "gemma",
 }
 
 #: activation names a fused block without an MLP module may use (``modeling_slimformer.ACTIVATIONS``)

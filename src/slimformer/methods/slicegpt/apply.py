@@ -37,7 +37,7 @@ from ...arch import ArchAdapter, get_module
 from ...calib.rotate_pass import Point, normalized_stream_covariance
 from ...calib.runner import capture_block_inputs
 from ...calib.stats import pca_basis
-from ...core.fuse import is_slim, tie_head_through_projection, to_plain_rmsnorm_model
+from ...core.fuse import is_slim, norm_scale, tie_head_through_projection, to_plain_rmsnorm_model
 from ...core.params import ResidualWidths, count_checked, is_tied, shared_basis_keeps_tie
 from ...core.rotate import rotate_model
 from .._shared.residual import plan_residual_widths, slice_residual_stream
@@ -114,7 +114,7 @@ def apply_slicegpt(
         if adapter.norm_kind != "rms":
             raise ValueError(f"keep_tied supports RMSNorm families (llama, mistral, qwen2, qwen3), not {adapter.name}: "
                              "its centred embeddings cannot serve as the head exactly; use keep_tied=False")
-        g = get_module(model, adapter.final_norm).weight.detach().to(torch.float64).cpu().clone()  # [d]
+        g = norm_scale(get_module(model, adapter.final_norm), adapter.norm_offset).cpu().clone()  # [d]
         tied_keys = getattr(model, "_tied_weights_keys", None)
 
         def finish(chooser: Any) -> None:
@@ -162,7 +162,7 @@ def shared_basis(
     d = model.config.hidden_size
     layer_cls = type(adapter.get_layers(model)[0])
     tie = shared_basis_keeps_tie(model, adapter)
-    g0 = float(get_module(model, adapter.final_norm).weight.detach().reshape(-1)[0]) if tie else 1.0
+    g0 = float(norm_scale(get_module(model, adapter.final_norm), adapter.norm_offset).reshape(-1)[0]) if tie else 1.0
     tied_keys = getattr(model, "_tied_weights_keys", None)
     schedule = config.make_schedule()
     plan = plan_residual_widths(model, adapter, config, schedule, None, shared_basis=True)
