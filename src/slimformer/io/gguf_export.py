@@ -242,7 +242,13 @@ def _write_tokenizer(w: Any, tok_dir: Path | None, vocab_size: int, model_type: 
         w.add_token_list(texts)
         w.add_token_scores(scores)
         w.add_token_types(types)
-        gguf.SpecialVocab(tok_dir, load_merges=kind == "gpt2", n_vocab=vocab_size).add_to_gguf(w)
+        vocab_log = logging.getLogger("gguf.vocab")  # its notes on post-processor templates are noise here
+        level = vocab_log.level
+        vocab_log.setLevel(logging.ERROR)
+        try:
+            gguf.SpecialVocab(tok_dir, load_merges=kind == "gpt2", n_vocab=vocab_size).add_to_gguf(w)
+        finally:
+            vocab_log.setLevel(level)
         return kind
     logger.warning("no tokenizer found%s: the GGUF file has no vocabulary (llama.cpp then takes token ids "
                    "only)", f" in {tok_dir}" if tok_dir else "")
