@@ -55,7 +55,7 @@ def plain_config_changes(model: nn.Module) -> dict[str, Any]:
     """
     from ..arch import get_adapter
     from ..core.plan import plan_from_model
-    from .targets import base_head_dim, head_counts, plain_blockers
+    from .targets import base_head_counts, base_head_dim, head_counts, plain_blockers
 
     adapter = get_adapter(model)
     plan = plan_from_model(model, adapter).to_dict()
@@ -65,7 +65,7 @@ def plain_config_changes(model: nn.Module) -> dict[str, Any]:
         raise PlainExportError(f"a plain config cannot express this model: {blockers[0]}")
     changes: dict[str, Any] = {adapter.mlp_width_config_attr: plan["blocks"][0]["mlp_width"]}
     heads = head_counts(plan, cfg)[0]
-    if heads != head_counts({"blocks": [{}]}, cfg)[0]:
+    if heads != base_head_counts(cfg):
         changes.update(num_attention_heads=heads[0], head_dim=base_head_dim(cfg))
         if "num_key_value_heads" in cfg:
             changes["num_key_value_heads"] = heads[1]

@@ -339,10 +339,11 @@ def export_gguf(
     adapter, plan = check_gguf(model)
     check_free_space(out, gguf_bytes_estimate(model, dtype), "the GGUF file")
     cfg = model.config
-    arch = gguf_arch(plan, cfg.to_dict())
-    heads = head_counts(plan, cfg.to_dict())
+    cfg_dict = cfg.to_dict()
+    arch = gguf_arch(plan, cfg_dict)
+    heads = head_counts(plan, cfg_dict)
     mlp = [b["mlp_width"] for b in plan["blocks"]]
-    head_dim = int(base_head_dim(cfg.to_dict()) or 0)
+    head_dim = int(base_head_dim(cfg_dict) or 0)
     window = getattr(cfg, "sliding_window", None)
     if window is not None and window < cfg.max_position_embeddings:
         logger.warning("llama.cpp's %s graph attends to all past tokens: outputs differ from the model's "

@@ -163,21 +163,6 @@ def check_json_out(path: str | os.PathLike | None, inputs: Iterable[str | os.Pat
     check_writable(p)
 
 
-def _replace_with(path: Path, data: bytes) -> None:
-    """Write ``data`` to an owner-named temporary sibling of ``path`` and rename it over ``path``
-    (default file mode); the temporary is removed on any failure."""
-    fd, tmp = make_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        _default_mode(Path(tmp), 0o666)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 @contextlib.contextmanager
 def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an owner-named temporary sibling of ``path`` to write; on success it is renamed over
@@ -201,7 +186,8 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through an owner-named temporary sibling and an atomic rename."""
-    _replace_with(Path(path), text.encode("utf-8"))
+    with staged_file(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, what: str = "the output") -> None:
@@ -214,10 +200,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, what: str = "the ou
     check_free_space(path, len(data), what)
     created = make_parents(path)
     try:
-        _replace_with(path, data)
-    except BaseException as exc:
+        with staged_file(path) as tmp:  # an OS error already names ``path``
+            tmp.write_bytes(data)
+    except BaseException:
         remove_dirs(created)
-        raise as_output_error(exc, path) from None
+        raise
 
 
 # ----- before the work: writable, room ------------------------------------------------------

@@ -69,10 +69,15 @@ def _uniform(values: list[Any]) -> bool:
     return len(set(values)) <= 1
 
 
+def base_head_counts(config: dict[str, Any]) -> tuple[int, int]:
+    """``(query heads, kv heads)`` of the base config."""
+    n_h = int(config.get("num_attention_heads") or 0)
+    return n_h, int(config.get("num_key_value_heads") or n_h)
+
+
 def head_counts(plan: dict[str, Any], config: dict[str, Any]) -> list[tuple[int, int]]:
     """``(query heads, kv heads)`` per block (the base config's where the plan has none)."""
-    n_h = int(config.get("num_attention_heads") or 0)
-    n_kv = int(config.get("num_key_value_heads") or n_h)
+    n_h, n_kv = base_head_counts(config)
     return [(b["n_heads"] if b.get("n_heads") is not None else n_h,
              b["n_kv_heads"] if b.get("n_kv_heads") is not None else n_kv) for b in _blocks(plan)]
 
@@ -97,7 +102,7 @@ def plain_blockers(plan: dict[str, Any], config: dict[str, Any]) -> list[str]:
     if not _uniform(heads):
         out.append(f"its attention head counts differ per layer ({sorted(set(heads))}) and a config has one; "
                    "compress with --schedule uniform (or --exportable hf)")
-    elif heads and heads[0] != head_counts({"blocks": [{}]}, config)[0] \
+    elif heads and heads[0] != base_head_counts(config) \
             and plan.get("model_type") not in HEAD_DIM_CONFIGURABLE:
         out.append(f"{plan.get('model_type')}'s attention derives the head dim from hidden_size, so fewer heads "
                    "cannot be written in its config; compress with --attention none")
@@ -166,6 +171,6 @@ def format_targets(targets: dict[str, list[str]], plain: bool) -> list[str]:
 
 
 __all__ = [
-    "GGUF_ARCHS", "HEAD_DIM_CONFIGURABLE", "TARGETS", "base_head_dim", "export_targets", "format_targets",
+    "GGUF_ARCHS", "HEAD_DIM_CONFIGURABLE", "TARGETS", "base_head_counts", "base_head_dim", "export_targets", "format_targets",
     "gguf_arch", "gguf_blockers", "head_counts", "plain_blockers", "structure_blockers",
 ]

@@ -152,19 +152,13 @@ def _fingerprint(model: nn.Module, shapes: Sequence[BlockShapes], ids: torch.Ten
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file next to ``path``, then an atomic rename."""
-    from ...io.outputs import clean_stale, make_temp_file
+    from ...io.outputs import clean_stale, staged_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)  # temporaries of killed runs
-    fd, tmp = make_temp_file(path)
-    os.close(fd)
-    try:
+    with staged_file(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike, key: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
