@@ -16,9 +16,12 @@ from typing import Callable
 import pytest
 import torch
 
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
 import slimformer as sf
+from slimformer.arch import ALL_ADAPTERS
 from slimformer.runtime.plan_schema import (
-    ALLOWED_ARCHITECTURES,
+    ARCHITECTURE_PATTERN,
     SlimformerFormatError,
     file_sha256,
     validate_section,
@@ -106,8 +109,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "config_number": (_raw_config("42"), "must hold a JSON object, found a JSON int"),
     "config_invalid_json": (_raw_config('{"slimformer": {'), "is not valid JSON"),
     "section_list": (_edit_config(lambda c: c.__setitem__("slimformer", [1])), "'slimformer' must be a JSON object"),
-    "architecture_os": (_plan("architecture", "os"), "plan.architecture \"os\" is not a supported"),
+    "architecture_os": (_plan("architecture", "os"), "plan.architecture \"os\" is not a transformers"),
     "architecture_automodel": (_plan("architecture", "AutoModel"), "plan.architecture \"AutoModel\" is not"),
+    "architecture_other_family": (_plan("architecture", "OPTForCausalLM"),
+                                  "but slimformer.plan.architecture is \"OPTForCausalLM\""),
     "layers_200000": (_many_layers, "num_hidden_layers is 200000"),
     "layers_and_blocks_200000": (_many_layers_and_blocks, "lists 200000 blocks, more than"),
     "flipped_bytes": (_flip_middle, "is corrupt: its sha256 differs"),
@@ -269,19 +274,20 @@ def test_plan_schema_imports_nothing_heavy() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_allow_list_covers_every_family() -> None:
-    """A new family adapter must add its *ForCausalLM class to plan_schema.ALLOWED_ARCHITECTURES."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    from slimformer.arch.families import ALL_ADAPTERS
-    from slimformer.runtime.modeling_slimformer import ACTIVATIONS
+def test_every_family_class_is_reachable_and_nothing_else() -> None:
+    """The loader builds a family's *ForCausalLM class because transformers maps its model_type to it;
+    a plan naming another class (or a non-class) is refused."""
+    from slimformer.runtime.modeling_slimformer import ACTIVATIONS, causal_lm_class
     from slimformer.runtime.plan_schema import ACTIVATION_NAMES
 
     for adapter in ALL_ADAPTERS:
         for model_type in adapter.model_types:
             cls = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
-            assert ALLOWED_ARCHITECTURES.get(cls) == model_type, f"{cls} ({adapter.name}) is not allow-listed"
-    assert sorted(ALLOWED_ARCHITECTURES.values()) == sf.supported_model_types()
+            assert ARCHITECTURE_PATTERN.fullmatch(cls) and causal_lm_class(cls, model_type).__name__ == cls
+    for arch, model_type in (("LlamaForCausalLM", "opt"), ("AutoModelForCausalLM", "llama"),
+                             ("LlamaForCausalLM", "no_such_type")):
+        with pytest.raises(SlimformerFormatError, match="slimformer.plan names"):
+            causal_lm_class(arch, model_type)
     assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
 
 
@@ -298,7 +304,7 @@ def test_validate_section_unit() -> None:
         (lambda s: s["plan"].__setitem__("norm_eps", float("nan")), r"norm_eps must be a positive finite"),
         (lambda s: s["plan"]["paths"].__setitem__("q", "__class__.x"), r"paths\.q must be a dotted module path"),
         (lambda s: s["plan"].__setitem__("blocks", []), r"plan\.blocks must be a non-empty list"),
-        (lambda s: s["plan"].__setitem__("model_type", "opt"), r"does not match architecture"),
+        (lambda s: s["plan"].__setitem__("model_type", "opt"), r"model_type is \"llama\" but slimformer.plan.model_type"),
         (lambda s: s.__setitem__("weights_sha256", {"../x": "0" * 64}), r"not a plain file name"),
         (lambda s: s.__setitem__("format_version", 4), r"format_version 4 is not supported"),
     ]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .arch import get_adapter
+from .arch import UnsupportedModelError, get_adapter
 from .calib.dist import current as dist_current, shard
 from .calib.offload import discard as discard_offloaded, finish as finish_offloaded, open_offloaded, store_of
 from .calib.source import BlockSource, InMemoryBlocks
@@ -22,7 +22,7 @@ from .core.params import count_params
 from .core.plan import ShapePlan, plan_from_model
 from .io.format import load_model, save_compressed
 from .memory import peak_rss_mb, reset_peak_rss, rss_mb, use_mmap_for_large_blocks
-from .methods import METHODS, Runtime, spec_for_config
+from .methods import METHODS, Runtime, spec_for_config, structures_of
 from .validate import EXPORT_TARGETS
 
 logger = logging.getLogger("slimformer.api")
@@ -119,6 +119,10 @@ def compress(
     """
     spec = spec_for_config(config)
     adapter = get_adapter(model)
+    touches = structures_of(config)
+    reason = adapter.refusal(touches, spec.name) if touches is not None else None
+    if reason is not None:
+        raise UnsupportedModelError(reason)
     blocks = block_source(model, adapter)
     if blocks.offloaded and not spec.offload:
         raise ValueError(f"method {spec.name} needs every block in memory at once; it cannot run offloaded. "

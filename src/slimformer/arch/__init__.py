@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .base import ArchAdapter, UnsupportedModelError, get_module, set_module
-from .families import ALL_ADAPTERS
+from .families import discover
 
+#: every family module's adapter (``arch/families/<family>.py``)
+ALL_ADAPTERS: tuple[ArchAdapter, ...] = discover()
 _REGISTRY: dict[str, ArchAdapter] = {t: a for a in ALL_ADAPTERS for t in a.model_types}
 
 
@@ -32,14 +34,14 @@ def get_adapter(model_or_config: Any) -> ArchAdapter:
 def register_adapter(adapter: ArchAdapter) -> None:
     """Add a family at run time (tests, plugins). Later registrations win.
 
-    Saved models are loaded only for the classes in
-    :data:`slimformer.runtime.plan_schema.ALLOWED_ARCHITECTURES`: a new family adds its
-    ``*ForCausalLM`` class there too."""
+    Saved models load for any family whose ``*ForCausalLM`` class transformers maps to
+    its ``model_type``; a family shipped with slimformer is one file in ``arch/families/``."""
     for t in adapter.model_types:
         _REGISTRY[t] = adapter
 
 
 __all__ = [
+    "ALL_ADAPTERS",
     "ArchAdapter",
     "UnsupportedModelError",
     "get_adapter",

@@ -59,6 +59,22 @@ class ArchAdapter:
             dims cannot be cut.
         norm_offset: the norms scale by ``norm_offset + weight`` (Gemma's RMSNorm stores
             ``weight`` as an offset from 1: ``norm_offset=1``); fusion folds the whole scale.
+        norm_eps: the epsilon of norms that do not store one (OLMo's weightless LayerNorm
+            hard-codes 1e-5); ``None``: read from the module.
+        wiring: ``"sequential"`` (``x + Attn(norm_a(x))`` then ``h + MLP(norm_m(h))``) or
+            ``"parallel"`` (``x + Attn(norm_a(x)) + MLP(norm_a(x))``, one norm: Phi-2, Cohere).
+        attn_post_norm / mlp_post_norm: block-level names of norms applied to a sublayer's
+            *output* before it joins the residual (Gemma 2/3 "sandwich" blocks). The residual
+            stream then never passes through a pre-norm alone, so it cannot be rotated:
+            methods that rotate or select residual channels refuse such families; methods
+            that prune heads / MLP channels inside the blocks run on them.
+        residual_multiplier: config field of a scalar multiplying every sublayer output before
+            it joins the residual (Granite); fusion folds it into the writers.
+        rope_layout: ``"half"`` (HF ``rotate_half``: channels ``j`` and ``j + r/2`` rotate
+            together) or ``"interleaved"`` (channels ``2j`` and ``2j + 1``: Cohere, GPT-J).
+        tiny: the family's smallest test configuration: ``{"config_class": "LlamaConfig",
+            **kwargs}`` with ``vocab_size``/``hidden_size``/layer count left to the test grid
+            (``tests/test_family_grid.py`` builds every registered family from it).
         validate: optional check of the config raising UnsupportedModelError.
     """
 
@@ -86,13 +102,46 @@ class ArchAdapter:
     rope: bool = True
     head_norms: bool = False
     norm_offset: float = 0.0
+    norm_eps: float | None = None
+    wiring: Literal["sequential", "parallel"] = "sequential"
+    attn_post_norm: str | None = None
+    mlp_post_norm: str | None = None
+    residual_multiplier: str | None = None
+    rope_layout: Literal["half", "interleaved"] = "half"
+    tiny: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     validate: Callable[[Any], None] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.wiring == "parallel") != (self.mlp_norm is None):
+            raise ValueError(f"adapter {self.name}: a parallel block has no mlp_norm and a sequential one has one")
 
     # ----- derived, read-only views -------------------------------------------------
     @property
     def parallel(self) -> bool:
-        """True when attention and MLP read the same normalised input (Phi-2)."""
-        return self.mlp_norm is None
+        """True when attention and MLP read the same normalised input (Phi-2, Cohere)."""
+        return self.wiring == "parallel"
+
+    @property
+    def post_norms(self) -> tuple[str, ...]:
+        """Block-level names of the sublayer-output norms (Gemma 2/3), if any."""
+        return tuple(n for n in (self.attn_post_norm, self.mlp_post_norm) if n is not None)
+
+    def refusal(self, touches: frozenset[str], method: str) -> str | None:
+        """Why ``method``, which changes the structures in ``touches``, cannot run exactly on
+        this family (``None``: it can). Structures: ``residual`` (rotates or selects residual
+        channels), ``heads``, ``mlp``, ``qk`` (cuts q/k head dims)."""
+        if "residual" in touches and self.post_norms:
+            return (f"{method} changes the residual stream (rotation or channel selection), which must pass "
+                    f"through pre-norms only; {self.name} normalises each sublayer's output "
+                    f"({', '.join(self.post_norms)}): use fasp, magnitude, wanda-sp, prunenet, modegpt or "
+                    "dotresize --where mlp (heads / MLP channels)")
+        if "qk" in touches and self.head_norms:
+            return (f"{method}: {self.name} has per-head q/k norms over the head dim, so q/k head dims cannot "
+                    "be cut exactly; use --modules mlp,vo")
+        if "qk" in touches and self.rope_layout != "half":
+            return (f"{method}: {self.name} rotates q/k channel pairs (2j, 2j+1) (interleaved RoPE); cutting q/k "
+                    "dims is implemented for the half-split layout only; use --modules mlp,vo")
+        return None
 
     @property
     def attn_readers(self) -> tuple[str, ...]:
@@ -116,7 +165,19 @@ class ArchAdapter:
             lay["mlp"] = self.mlp
         else:
             lay.update(mlp=None, fc_in=self.up, fc_out=self.down, act=getattr(config, self.act_config_attr))
+        for key in ("attn_post_norm", "mlp_post_norm"):  # only where the family has them
+            if getattr(self, key) is not None:
+                lay[key] = getattr(self, key)
+        scale = self.output_scale(config)
+        if scale != 1.0:
+            lay["out_scale"] = scale
         return lay
+
+    def output_scale(self, config: Any) -> float:
+        """The scalar multiplying each sublayer's output (Granite's ``residual_multiplier``; else 1)."""
+        if self.residual_multiplier is None:
+            return 1.0
+        return float(getattr(config, self.residual_multiplier))
 
     def block_module_names(self) -> list[str]:
         """Top-level names of the block's submodules kept in a SlimBlock."""
@@ -124,7 +185,7 @@ class ArchAdapter:
         if self.mlp_norm is not None:
             names.append(self.mlp_norm)
         names += [self.mlp] if self.mlp is not None else [self.up, self.down]
-        return names
+        return names + list(self.post_norms)
 
     # ----- access ---------------------------------------------------------------
     def check(self, config: Any) -> None:

@@ -7,7 +7,8 @@ For block ``i`` (inputs cached from the already pruned blocks ``< i``), sequenti
     a   = Attn(norm_a(x))      pre-hook on o: A = o's input [b, t, n_heads * v_hd],
                                G_o += A^T A (float64); A is cached
     -> attention decision (prunes v/o, may refit o); returns the kept o columns S
-    h   = x + o'(A[..., S])    the pruned attention's output, from the cache
+    h   = x + post(o'(A[..., S]))  the pruned attention's output, from the cache (``post``: the
+                               family's output norm / multiplier, SlimBlock.attn_out)
     m   = MLP(norm_m(h))       pre-hook on down: G_down += H^T H, H = [b, t, I]
     -> MLP decision (prunes gate/up/down, may refit down)
     out = h + MLP'(norm_m(h))  the pruned MLP (kept channels only) -> next block
@@ -126,7 +127,7 @@ class _GramPrunePass:
         handle = o.register_forward_pre_hook(gram_capture_hook(acc_o, cache, inp.put))
         try:
             for x, kw in zip(inp.hidden, inp.kwargs):
-                view._attn(get_module(block, ad.attn_norm)(x.to(dev)), kw)
+                view._attn(view.attn_in(x.to(dev)), kw)
         finally:
             handle.remove()
         acc_o.all_reduce()
@@ -134,15 +135,14 @@ class _GramPrunePass:
         o = get_module(block, ad.o)
         mids = []
         for b, x in enumerate(inp.hidden):
-            mids.append(inp.put(x.to(dev) + _o_out(o, cache[b].to(dev), cols)))  # [b, t, d_mid]
+            mids.append(inp.put(x.to(dev) + view.attn_out(_o_out(o, cache[b].to(dev), cols))))  # [b, t, d_mid]
             cache[b] = None  # type: ignore[call-overload]
             inp.hidden[b] = None  # type: ignore[assignment]
         acc_d = Covariance(down.in_features, self.gram_dtype)
-        mlp_norm = get_module(block, ad.mlp_norm)
         handle = down.register_forward_pre_hook(gram_capture_hook(acc_d, None, inp.put))
         try:
             for h in mids:
-                view._mlp(mlp_norm(h.to(dev)))
+                view._mlp(view.mlp_in(h.to(dev)))
         finally:
             handle.remove()
         acc_d.all_reduce()
@@ -151,20 +151,19 @@ class _GramPrunePass:
         pruner.mlp(li, block, acc_d.value())
         for b, h in enumerate(mids):
             h = h.to(dev)
-            inp.hidden[b] = inp.put(h + view._mlp(mlp_norm(h)))  # [b, t, d_out]
+            inp.hidden[b] = inp.put(h + view.mlp_branch(h))  # [b, t, d_out]
 
     def parallel(self, li: int, block: nn.Module, pruner: LayerPruner) -> None:
         ad, inp, dev = self.adapter, self.inputs, self.device
         view = block_view(block, ad, self.model.config)
         o, down = get_module(block, ad.o), get_module(block, ad.down)
-        norm = get_module(block, ad.attn_norm)
         acc_o, acc_d = Covariance(o.in_features, self.gram_dtype), Covariance(down.in_features, self.gram_dtype)
         cache: list[torch.Tensor] = []
         handles = [o.register_forward_pre_hook(gram_capture_hook(acc_o, cache, inp.put)),
                    down.register_forward_pre_hook(gram_capture_hook(acc_d, None, inp.put))]
         try:
             for x, kw in zip(inp.hidden, inp.kwargs):
-                n = norm(x.to(dev))
+                n = view.attn_in(x.to(dev))
                 view._attn(n, kw)
                 view._mlp(n)
         finally:
@@ -179,7 +178,7 @@ class _GramPrunePass:
         o = get_module(block, ad.o)
         for b, x in enumerate(inp.hidden):
             x = x.to(dev)
-            out = x + _o_out(o, cache[b].to(dev), cols) + view._mlp(norm(x))
+            out = x + view.attn_out(_o_out(o, cache[b].to(dev), cols)) + view.mlp_branch(x)
             cache[b] = None  # type: ignore[call-overload]
             inp.hidden[b] = inp.put(out)
 

@@ -99,7 +99,7 @@ class _RotateSlicePass:
         mids = []
         for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
             x = x.to(self.device)
-            a = block._attn(get_module(block, ad.attn_norm)(x), kw)  # [b, t, d]
+            a = block.attn_branch(x, kw)  # [b, t, d]
             mids.append(inputs.put(_from_stream(x, Q_in) + a))
             inputs.hidden[b] = None  # type: ignore[assignment]  # free as we go
         Q_mid = self.basis(Point("mid", li), mids)
@@ -107,7 +107,7 @@ class _RotateSlicePass:
         outs = []
         for b, h in enumerate(mids):
             h_rot = _to_stream(h.to(self.device), Q_mid)  # [b, t, k_mid]
-            m = block._mlp(get_module(block, ad.mlp_norm)(h_rot))
+            m = block.mlp_branch(h_rot)
             outs.append(inputs.put(_from_stream(h_rot, Q_mid) + m))
             mids[b] = None  # type: ignore[call-overload]
         Q_out = self.basis(Point("out", li, last), outs)
@@ -121,8 +121,7 @@ class _RotateSlicePass:
         outs = []
         for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
             x = x.to(self.device)
-            n = get_module(block, ad.attn_norm)(x)
-            outs.append(inputs.put(_from_stream(x, Q_in) + block._attn(n, kw) + block._mlp(n)))
+            outs.append(inputs.put(_from_stream(x, Q_in) + block.parallel_branches(x, kw)))
             inputs.hidden[b] = None  # type: ignore[assignment]
         Q_out = self.basis(Point("out", li, last), outs)
         apply_block_output_basis(block, ad, Q_in, Q_out)
@@ -189,19 +188,18 @@ def normalized_stream_covariance(
     blocks = blocks_or_memory(blocks, model, adapter)
     for li in tqdm(range(blocks.n_layers), desc="stream covariance", unit="layer", disable=not progress):
         with blocks.block(li, device, write=False) as block:
-            attn_norm = get_module(block, adapter.attn_norm)
             outs = []
             for b, (x, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
                 x = x.to(device)  # [b, t, d]
-                n = attn_norm(x)
+                n = block.attn_in(x)
                 acc.update(n)
-                h = x + block._attn(n, kw)
+                h = x + block.attn_out(block._attn(n, kw))
                 if adapter.parallel:
-                    out = h + block._mlp(n)
+                    out = h + block.mlp_out(block._mlp(n))
                 else:
-                    m = get_module(block, adapter.mlp_norm)(h)
+                    m = block.mlp_in(h)
                     acc.update(m)
-                    out = h + block._mlp(m)
+                    out = h + block.mlp_out(block._mlp(m))
                 outs.append(inputs.put(out))
                 inputs.hidden[b] = None  # type: ignore[assignment]
             inputs.hidden = outs

@@ -20,17 +20,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arch import ArchAdapter, get_module, set_module
+from ..arch import ArchAdapter, UnsupportedModelError, get_module, set_module
 from ..runtime.modeling_slimformer import SlimBlock, SlimRMSNorm, SlimRMSNormProject
 
 logger = logging.getLogger("slimformer.core.fuse")
 
 
-def norm_eps(norm: nn.Module) -> float:
-    """The epsilon of a HF RMSNorm / nn.LayerNorm / SlimRMSNorm module."""
+def norm_eps(norm: nn.Module, default: float | None = None) -> float:
+    """The epsilon of a HF RMSNorm / nn.LayerNorm / SlimRMSNorm module; ``default`` for norms that
+    do not store one (:attr:`slimformer.arch.ArchAdapter.norm_eps`, e.g. OLMo's 1e-5)."""
     for attr in ("eps", "variance_epsilon"):
         if hasattr(norm, attr):
             return float(getattr(norm, attr))
+    if default is not None:
+        return float(default)
     raise TypeError(f"cannot find the epsilon of norm module {type(norm).__name__}")
 
 
@@ -217,7 +220,7 @@ def to_plain_rmsnorm_model(
     layers = adapter.get_layers(model)
     emb = get_module(model, adapter.embed)
     w = int(emb.embedding_dim)
-    eps = norm_eps(get_module(layers[0], adapter.attn_norm))
+    eps = norm_eps(get_module(layers[0], adapter.attn_norm), adapter.norm_eps)
     for i, block in enumerate(layers):
         if not isinstance(block, SlimBlock) or block.attn_shortcut is not None or block.mlp_shortcut is not None:
             raise ValueError(f"block {i} is not a slim block without shortcuts: not a shared-basis model")
@@ -276,11 +279,30 @@ def to_plain_rmsnorm_model(
                 type(model).__name__, w, "tied" if tie else "untied")
 
 
-def _replace_norm(root: nn.Module, path: str, width: int) -> float:
+def _replace_norm(root: nn.Module, path: str, width: int, default_eps: float | None = None) -> float:
     norm = get_module(root, path)
-    eps = norm_eps(norm)
+    eps = norm_eps(norm, default_eps)
     set_module(root, path, SlimRMSNorm(width, width, eps))
     return eps
+
+
+def _check_fusable(adapter: ArchAdapter) -> None:
+    """Slim form needs every norm to sit before its readers (none on a sublayer's output)."""
+    reason = adapter.refusal(frozenset({"residual"}), "norm fusion (slim form)")
+    if reason is not None:
+        raise UnsupportedModelError(reason)
+
+
+@torch.no_grad()
+def scale_writers(block: nn.Module, adapter: ArchAdapter, scale: float) -> None:
+    """Multiply the block's residual writers (weight and bias) by ``scale`` (in float64)."""
+    if scale == 1.0:
+        return
+    for path in adapter.writers:
+        lin = get_module(block, path)
+        lin.weight.copy_((lin.weight.double() * scale).to(lin.weight.dtype))
+        if lin.bias is not None:
+            lin.bias.copy_((lin.bias.double() * scale).to(lin.bias.dtype))
 
 
 @torch.no_grad()
@@ -288,18 +310,21 @@ def fuse_block(block: nn.Module, adapter: ArchAdapter, config: Any) -> SlimBlock
     """Slim form of one decoder block: centre its writers (LayerNorm families), fold its
     norms into their readers, replace the norms by SlimRMSNorm, wrap it into a SlimBlock."""
     d = config.hidden_size
+    _check_fusable(adapter)
     if adapter.norm_kind == "layer":
         for path in adapter.writers:
             center_writer(get_module(block, path))
+    if adapter.residual_multiplier is not None:  # Granite: x + s * writer(...) == x + (s W) (...) + s b
+        scale_writers(block, adapter, float(getattr(block, adapter.residual_multiplier)))
     attn_readers = list(adapter.attn_readers)
     if adapter.parallel:
         attn_readers += list(adapter.mlp_readers)
     fold_norm_into_readers(get_module(block, adapter.attn_norm), block, attn_readers, adapter.norm_offset)
-    _replace_norm(block, adapter.attn_norm, d)
+    _replace_norm(block, adapter.attn_norm, d, adapter.norm_eps)
     if adapter.mlp_norm is not None:
         fold_norm_into_readers(get_module(block, adapter.mlp_norm), block, list(adapter.mlp_readers),
                                adapter.norm_offset)
-        _replace_norm(block, adapter.mlp_norm, d)
+        _replace_norm(block, adapter.mlp_norm, d, adapter.norm_eps)
     modules = {name: get_module(block, name) for name in adapter.block_module_names()}
     return SlimBlock(adapter.block_layout(config), modules)
 
@@ -315,8 +340,11 @@ def fuse(model: nn.Module, adapter: ArchAdapter, blocks: bool = True) -> None:
     """
     if is_slim(model, adapter):
         return
+    _check_fusable(adapter)
     d = model.config.hidden_size
     untie_head(model, adapter)
+    if adapter.residual_multiplier is not None:  # folded into each block's writers by fuse_block
+        setattr(model.config, adapter.residual_multiplier, 1.0)
     if adapter.norm_kind == "layer":
         center_embedding(get_module(model, adapter.embed))
         if adapter.pos_embed is not None:
@@ -326,5 +354,5 @@ def fuse(model: nn.Module, adapter: ArchAdapter, blocks: bool = True) -> None:
         for i, block in enumerate(layers):
             layers[i] = fuse_block(block, adapter, model.config)
     fold_norm_into_readers(get_module(model, adapter.final_norm), model, [adapter.head], adapter.norm_offset)
-    _replace_norm(model, adapter.final_norm, d)
+    _replace_norm(model, adapter.final_norm, d, adapter.norm_eps)
     logger.info("fused norms of %d blocks (%s, %s norm)", len(layers), adapter.name, adapter.norm_kind)

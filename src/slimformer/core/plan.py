@@ -170,7 +170,7 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         fused=is_slim(model, adapter),
         tied_head=head.weight is emb.weight,
         architecture=type(model).__name__,
-        norm_eps=norm_eps(get_module(first, adapter.attn_norm)),
+        norm_eps=norm_eps(get_module(first, adapter.attn_norm), adapter.norm_eps),
         paths=adapter_paths(adapter),
         model_type=model.config.model_type,
         full_width=model.config.hidden_size,

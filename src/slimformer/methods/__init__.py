@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import METHODS, MethodSpec, Runtime, get_method, method_names, register_method, spec_for_config
+from .base import (METHODS, MethodSpec, Runtime, get_method, method_names, register_method, spec_for_config,
+                   structures_of)
 from .slicegpt import SliceGPTConfig
 from .fasp import FASPConfig
 from .baselines import MagnitudeConfig, RandomConfig, WandaSPConfig
@@ -29,4 +30,4 @@ for _pkg in pkgutil.iter_modules(__path__):  # method packages not named above (
 
 __all__ = ["AutoConfig", "DISPConfig", "DOTResizeConfig", "FASPConfig", "METHODS", "MagnitudeConfig", "MethodSpec",
            "MoDeGPTConfig", "PruneNetConfig", "RandomConfig", "Runtime", "SliceGPTConfig", "WandaSPConfig",
-           "get_method", "method_names", "register_method", "spec_for_config"]
+           "get_method", "method_names", "register_method", "spec_for_config", "structures_of"]

@@ -123,6 +123,13 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
+def structures_of(config: Any) -> frozenset[str] | None:
+    """What a method config says it changes (its ``touches()``: ``residual``, ``heads``, ``mlp``,
+    ``qk``), or ``None`` when the config does not say (then no family check runs before it)."""
+    touches = getattr(config, "touches", None)
+    return frozenset(touches()) if callable(touches) else None
+
+
 def spec_for_config(config: Any) -> MethodSpec:
     """The registry entry whose config class is exactly ``type(config)``."""
     for spec in METHODS.values():
@@ -131,4 +138,4 @@ def spec_for_config(config: Any) -> MethodSpec:
     raise TypeError(f"{type(config).__name__} is not a registered method config")
 
 
-__all__ = ["METHODS", "MethodSpec", "Runtime", "get_method", "method_names", "register_method", "spec_for_config"]
+__all__ = ["METHODS", "MethodSpec", "Runtime", "get_method", "method_names", "register_method", "spec_for_config", "structures_of"]

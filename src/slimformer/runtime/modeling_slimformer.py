@@ -106,13 +106,25 @@ def make_shortcut(d_in: int, d_out: int, dtype: torch.dtype | None = None, devic
 class SlimBlock(nn.Module):
     """A decoder block whose residual stream may change width/basis between sublayers.
 
+    The one place the block's wiring is written: the saved runtime, the calibration passes
+    (:mod:`slimformer.calib`) and MoDeGPT's compressor all call the sublayers through
+    :meth:`attn_in` / :meth:`attn_out` / :meth:`mlp_in` / :meth:`mlp_out` (or the whole
+    :meth:`attn_branch` / :meth:`mlp_branch`), so sequential, parallel and sandwich blocks
+    compute the same thing everywhere::
+
+        sequential: h = S_a(x) + attn_out(Attn(attn_in(x)));  y = S_m(h) + mlp_out(MLP(mlp_in(h)))
+        parallel:   y = S_a(x) + attn_out(Attn(n)) + mlp_out(MLP(n)),  n = attn_in(x)
+
+    with ``attn_out(a) = out_scale * post_norm(a)`` (no post-norm / scale 1 where the family has none).
+
     Args:
         layout: names of the submodules, as in the base Hugging Face block, e.g.
             ``{"attn_norm": "input_layernorm", "attn": "self_attn",
             "mlp_norm": "post_attention_layernorm", "mlp": "mlp"}``; for models
             without an MLP module (OPT) ``"mlp": None, "fc_in": "fc1",
             "fc_out": "fc2", "act": "relu"``. ``mlp_norm`` is ``None`` for a
-            parallel block.
+            parallel block. Optional: ``attn_post_norm`` / ``mlp_post_norm`` (Gemma 2/3's
+            sublayer-output norms) and ``out_scale`` (Granite's residual multiplier).
         modules: the submodules named in ``layout``.
         attn_shortcut: optional map of the residual around attention
             (``[d_in] -> [d_mid]``); for parallel blocks the only shortcut.
@@ -138,6 +150,7 @@ class SlimBlock(nn.Module):
             raise ValueError("a parallel block has a single shortcut (attn_shortcut)")
         act = layout.get("act")
         self._act = ACTIVATIONS[act] if act else None
+        self._scale = float(layout.get("out_scale", 1.0))
 
     def _mlp(self, h: torch.Tensor) -> torch.Tensor:
         lay = self.layout
@@ -149,6 +162,40 @@ class SlimBlock(nn.Module):
         out = getattr(self, self.layout["attn"])(hidden_states=h, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
+    def _out(self, y: torch.Tensor, post_norm: str | None) -> torch.Tensor:
+        if post_norm is not None:
+            y = getattr(self, post_norm)(y)
+        return y if self._scale == 1.0 else y * self._scale
+
+    def attn_in(self, x: torch.Tensor) -> torch.Tensor:
+        """What the attention reads: ``attn_norm(x)``, ``[.., d_in]``."""
+        return getattr(self, self.layout["attn_norm"])(x)
+
+    def mlp_in(self, h: torch.Tensor) -> torch.Tensor:
+        """What the MLP reads: ``mlp_norm(h)`` (sequential; parallel blocks: ``attn_norm(h)``)."""
+        return getattr(self, self.layout["attn_norm" if self.parallel else "mlp_norm"])(h)
+
+    def attn_out(self, a: torch.Tensor) -> torch.Tensor:
+        """The attention output ``a`` (o_proj's output) as it joins the residual."""
+        return self._out(a, self.layout.get("attn_post_norm"))
+
+    def mlp_out(self, m: torch.Tensor) -> torch.Tensor:
+        """The MLP output ``m`` (down_proj's output) as it joins the residual."""
+        return self._out(m, self.layout.get("mlp_post_norm"))
+
+    def attn_branch(self, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """``attn_out(Attn(attn_in(x)))``: the attention's contribution to the residual."""
+        return self.attn_out(self._attn(self.attn_in(x), kwargs))
+
+    def mlp_branch(self, h: torch.Tensor) -> torch.Tensor:
+        """``mlp_out(MLP(mlp_in(h)))``: the MLP's contribution to the residual."""
+        return self.mlp_out(self._mlp(self.mlp_in(h)))
+
+    def parallel_branches(self, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """Parallel blocks: ``attn_out(Attn(n)) + mlp_out(MLP(n))`` with ``n = attn_in(x)``."""
+        n = self.attn_in(x)
+        return self.attn_out(self._attn(n, kwargs)) + self.mlp_out(self._mlp(n))
+
     @staticmethod
     def _shortcut(x: torch.Tensor, shortcut: nn.Linear | None) -> torch.Tensor:
         return x if shortcut is None else shortcut(x)
@@ -157,15 +204,10 @@ class SlimBlock(nn.Module):
         # hidden_states: [batch, seq, d_in]
         if args:
             raise TypeError("SlimBlock expects keyword arguments after hidden_states")
-        lay = self.layout
-        normed = getattr(self, lay["attn_norm"])(hidden_states)
-        attn_out = self._attn(normed, kwargs)
-        if self.parallel:
-            # out: [batch, seq, d_out]
-            return self._shortcut(hidden_states, self.attn_shortcut) + attn_out + self._mlp(normed)
-        mid = self._shortcut(hidden_states, self.attn_shortcut) + attn_out  # [batch, seq, d_mid]
-        mlp_out = self._mlp(getattr(self, lay["mlp_norm"])(mid))
-        return self._shortcut(mid, self.mlp_shortcut) + mlp_out  # [batch, seq, d_out]
+        if self.parallel:  # out: [batch, seq, d_out]
+            return self._shortcut(hidden_states, self.attn_shortcut) + self.parallel_branches(hidden_states, kwargs)
+        mid = self._shortcut(hidden_states, self.attn_shortcut) + self.attn_branch(hidden_states, kwargs)  # [b, s, d_mid]
+        return self._shortcut(mid, self.mlp_shortcut) + self.mlp_branch(mid)  # [batch, seq, d_out]
 
 
 # ----------------------------------------------------------------------------------
@@ -304,6 +346,9 @@ def set_attention_heads(attn: nn.Module, v_path: str, o_path: str, n_heads: int,
     for name in HEAD_COUNT_ATTRS:
         if hasattr(attn, name):
             setattr(attn, name, int(n_heads))
+    groups = getattr(attn, "num_key_value_groups", None)  # whole GQA groups go: the ratio is unchanged
+    if isinstance(getattr(attn, "num_key_value_heads", None), int) and isinstance(groups, int) and groups > 0:
+        attn.num_key_value_heads = int(n_heads) // groups  # (StableLM reshapes k/v with it)
     set_module_at(attn, v_path, head_wrapped(module_at(attn, v_path), HeadPadOutLinear, head_dim, v_head_dim))
     set_module_at(attn, o_path, head_wrapped(module_at(attn, o_path), HeadSliceInLinear, head_dim, v_head_dim))
 
@@ -652,6 +697,25 @@ def check_saved(path: str, check_hashes: bool = True) -> SavedCheck:
     return SavedCheck(config, section, shapes, files, hashed)
 
 
+def causal_lm_class(architecture: str, model_type: str) -> type:
+    """The transformers class ``architecture``, only if transformers maps ``model_type`` to it."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    mapped = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, architecture, None) if mapped == architecture else None
+    if cls is None:
+        if mapped is None:
+            why = f"transformers {transformers.__version__} knows no causal LM of model_type {model_type!r}"
+        elif mapped != architecture:
+            why = f"model_type {model_type!r} is served by {mapped}, not {architecture}"
+        else:
+            why = f"transformers {transformers.__version__} has no {architecture}"
+        raise SlimformerFormatError(f"config.json: slimformer.plan names {architecture}: {why}; upgrade "
+                                    "transformers, or re-save the model with slimformer")
+    return cls
+
+
 def load_compressed(path: str, config: Any = None, dtype: Any = None, device: Any = None,
                     check_hashes: bool = True) -> nn.Module:
     """Build the compressed model from its plan on the meta device and assign the saved weights.
@@ -671,10 +735,7 @@ def load_compressed(path: str, config: Any = None, dtype: Any = None, device: An
         config = AutoConfig.from_pretrained(path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    cls = getattr(transformers, plan["architecture"], None)
-    if cls is None:
-        raise SlimformerFormatError(f"transformers {transformers.__version__} has no {plan['architecture']}; "
-                                    "upgrade transformers to load this model")
+    cls = causal_lm_class(plan["architecture"], plan["model_type"])
     with _params_on_meta():
         model = cls(config)
     apply_plan(model, plan, float(plan["norm_eps"]))

@@ -11,8 +11,9 @@ naming the key and what to do):
 
 * ``config.json`` is a JSON object (:func:`read_config_json`);
 * the section is a JSON object with a supported ``format_version`` and a ``plan``;
-* every plan key has the right type and a sane range, ``architecture`` is one of
-  :data:`ALLOWED_ARCHITECTURES` (it names the transformers class that is built);
+* every plan key has the right type and a sane range, ``architecture`` has the form of a
+  transformers ``*ForCausalLM`` class (the loader builds it only if transformers maps the
+  plan's ``model_type`` to it: :func:`modeling_slimformer.causal_lm_class`);
 * the plan agrees with the base config (``num_hidden_layers`` blocks, ``hidden_size``
   residual width, ``model_type``);
 * with the safetensors header shapes: the weights hold exactly the plan's layers and
@@ -43,23 +44,12 @@ SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
-#: transformers classes a plan may name (the ``*ForCausalLM`` class of each supported family)
-#: -> the ``model_type`` of that family. ``tests/test_saved_validation.py`` checks that every
-#: family adapter's class is listed, so a new family cannot be forgotten here.
-ALLOWED_ARCHITECTURES: dict[str, str] = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-    "OPTForCausalLM": "opt",
-    "PhiForCausalLM": "phi",
-    "MinistralForCausalLM": "ministral",
-    "HeliumForCausalLM": "helium",
-    "SmolLM3ForCausalLM": "smollm3",
-    "SeedOssForCausalLM": "seed_oss",
-    "HunYuanDenseV1ForCausalLM": "hunyuan_v1_dense",
-    "GemmaForCausalLM": "gemma",
-}
+#: the form of ``plan.architecture``: a transformers ``*ForCausalLM`` class name. The schema checks
+#: the form only (it is torch- and transformers-free); the loader
+#: (:func:`modeling_slimformer.load_compressed`) builds the class only when transformers' own
+#: causal-LM mapping names it for the plan's ``model_type``, so no other class can be reached.
+ARCHITECTURE_PATTERN = re.compile(r"[A-Z][A-Za-z0-9]{0,80}ForCausalLM")
+MODEL_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,80}")
 
 #: activation names a fused block without an MLP module may use (``modeling_slimformer.ACTIVATIONS``)
 ACTIVATION_NAMES = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
@@ -171,7 +161,7 @@ def validate_section(
             plan must describe exactly these tensors (so a config claiming more layers
             than the weights hold is refused before building anything).
         base_config: the whole parsed ``config.json``; when given, the plan must agree
-            with its ``num_hidden_layers``, ``hidden_size`` and ``model_type``.
+            with its ``num_hidden_layers``, ``hidden_size``, ``model_type`` and ``architectures``.
 
     Raises:
         SlimformerFormatError: one line naming the key and what to do.
@@ -221,13 +211,13 @@ def validate_plan_schema(plan: dict[str, Any]) -> None:
     _require("plan", plan, ("architecture", "model_type", "full_width", "embed_width", "head_width", "head_bias",
                             "norm_eps", "layout", "paths", "blocks"))
     arch = plan["architecture"]
-    if not isinstance(arch, str) or arch not in ALLOWED_ARCHITECTURES:
+    if not isinstance(arch, str) or not ARCHITECTURE_PATTERN.fullmatch(arch):
         raise SlimformerFormatError(
-            f"config.json: slimformer.plan.architecture {_short(arch)} is not a supported transformers class "
-            f"(one of {', '.join(sorted(ALLOWED_ARCHITECTURES))}); {_FIX}")
-    if plan["model_type"] != ALLOWED_ARCHITECTURES[arch]:
-        raise _bad("plan.model_type", f"{_short(plan['model_type'])} does not match architecture {arch} "
-                                      f"(model_type {ALLOWED_ARCHITECTURES[arch]!r})")
+            f"config.json: slimformer.plan.architecture {_short(arch)} is not a transformers *ForCausalLM "
+            f"class name; {_FIX}")
+    if not isinstance(plan["model_type"], str) or not MODEL_TYPE_PATTERN.fullmatch(plan["model_type"]):
+        raise _bad("plan.model_type", f"must be a transformers model_type (lower-case name), found "
+                                      f"{_short(plan['model_type'])}")
     _int("plan.full_width", plan["full_width"], 1, MAX_WIDTH)
     d = plan["full_width"]
     _int("plan.embed_width", plan["embed_width"], 1, d)
@@ -325,6 +315,10 @@ def _validate_base_config(plan: dict[str, Any], base: Mapping[str, Any]) -> None
     if "model_type" in base and base["model_type"] != plan["model_type"]:
         raise SlimformerFormatError(f"config.json: model_type is {_short(base['model_type'])} but "
                                     f"slimformer.plan.model_type is {_short(plan['model_type'])}; {_FIX}")
+    archs = base.get("architectures")
+    if isinstance(archs, list) and archs and plan["architecture"] not in archs:
+        raise SlimformerFormatError(f"config.json: architectures is {_short(archs)} but "
+                                    f"slimformer.plan.architecture is {_short(plan['architecture'])}; {_FIX}")
     # widths may only shrink: bounded by the base config's attention and MLP sizes (when it states them)
     heads, kv = base.get("num_attention_heads"), base.get("num_key_value_heads") or base.get("num_attention_heads")
     hd = base.get("head_dim") or (plan["full_width"] // heads if _is_int(heads) and heads > 0 else None)
@@ -552,7 +546,8 @@ def _hash_files(paths: list[str]) -> list[str]:
 
 __all__ = [
     "ACTIVATION_NAMES",
-    "ALLOWED_ARCHITECTURES",
+    "ARCHITECTURE_PATTERN",
+    "MODEL_TYPE_PATTERN",
     "CHANNEL_SETS",
     "SUPPORTED_FORMAT_VERSIONS",
     "SlimformerFormatError",

@@ -74,6 +74,11 @@ class PruningConfig:
         """Whether the kept weights of the second linears are refitted by least squares."""
         raise NotImplementedError
 
+    def touches(self) -> frozenset[str]:
+        """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): heads or value
+        channels and MLP channels, inside the blocks; never the residual stream."""
+        return frozenset({"heads", "mlp"})
+
 
 PruningConfig.__doc__ = """Settings shared by every structured pruning method (not registered itself).
 

@@ -267,7 +267,7 @@ class _Compressor:
         handle = norm_a.register_forward_hook(_augmented_gram(acc_x))
         try:
             for x in inp.hidden:
-                norm_a(x.to(dev))
+                view.attn_in(x.to(dev))
         finally:
             handle.remove()
         acc_x.all_reduce()
@@ -279,15 +279,10 @@ class _Compressor:
         try:
             for b, (x, kw) in enumerate(zip(inp.hidden, inp.kwargs)):
                 x = x.to(dev)
-                n = norm_a(x)
-                a = view._attn(n, kw)
-                if ad.parallel:
-                    view._mlp(n)
-                    mids.append(inp.put(x + a))
-                else:
-                    h = x + a  # [b, t, d]
-                    view._mlp(get_module(block, ad.mlp_norm)(h))
-                    mids.append(inp.put(h))
+                n = view.attn_in(x)
+                h = x + view.attn_out(view._attn(n, kw))  # [b, t, d]
+                view._mlp(n if ad.parallel else view.mlp_in(h))
+                mids.append(inp.put(h))
         finally:
             handle.remove()
         acc_h.all_reduce()
@@ -297,7 +292,7 @@ class _Compressor:
             act = cache[b].to(dev)
             if keep is not None:
                 act = act.index_select(-1, keep.to(dev))
-            inp.hidden[b] = inp.put(h.to(dev) + down(act))  # [b, t, d_out]
+            inp.hidden[b] = inp.put(h.to(dev) + view.mlp_out(down(act)))  # [b, t, d_out]
             cache[b] = None  # type: ignore[call-overload]
         rec["kept"] = vars(self.counts[li])
         self.report.append(rec)
@@ -306,9 +301,9 @@ class _Compressor:
 def _check(model: nn.Module, adapter: ArchAdapter, config: MoDeGPTConfig) -> None:
     if is_slim(model, adapter):
         raise ValueError("modegpt needs the original Hugging Face blocks; the model was already rotated/sliced")
-    if "qk" in config.module_set and adapter.head_norms:
-        raise ValueError(f"modegpt: {adapter.name} has per-head q/k norms over the head dim, so q/k head dims "
-                         "cannot be cut exactly; use --modules mlp,vo")
+    reason = adapter.refusal(config.touches(), "modegpt")
+    if reason is not None:
+        raise ValueError(reason)
     for block in adapter.get_layers(model):
         for path in (adapter.q, adapter.k, adapter.v, adapter.o):
             if type(get_module(block, path)) is not nn.Linear:

@@ -66,6 +66,11 @@ class MoDeGPTConfig:
     def module_set(self) -> frozenset[str]:
         return frozenset(self.modules.split(","))
 
+    def touches(self) -> frozenset[str]:
+        """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): MLP channels
+        (``mlp``), value dims (``vo``: ``heads``), q/k dims (``qk``); never the residual stream."""
+        return frozenset({"mlp": "mlp", "vo": "heads", "qk": "qk"}[m] for m in self.module_set)
+
     def make_schedule(self) -> Schedule:
         """The :class:`slimformer.schedule.Schedule` these settings describe."""
         from ...schedule import make_schedule

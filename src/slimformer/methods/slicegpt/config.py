@@ -65,5 +65,9 @@ class SliceGPTConfig(ResidualWidthsConfig):
                 raise ValueError("basis 'shared' decides the head itself (tied when the final norm allows it): "
                                  "drop keep_tied")
 
+    def touches(self) -> frozenset[str]:
+        """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): the residual stream."""
+        return frozenset({"residual"})
+
 
 __all__ = ["BASIS_NAMES", "DEFAULT_BASE_RATIO", "SliceGPTConfig", "UNIFORM_ROUND_TO"]

@@ -1,0 +1,107 @@
+"""Every registered family x every method (the grid of ``family_grid.py``).
+
+The family list is ``supported_model_types()`` itself, so a new adapter file cannot skip it. For each
+cell: exact at sparsity 0 (max |delta logits| <= 1e-4, fp32, perturbed norms and biases), the 0.2
+parameter target reached within +-0.01, and the saved model reloaded with plain transformers
+(``trust_remote_code``) giving the same logits (<= 1e-5) - or a one-line refusal, and only where a
+rule of the family's description says the method cannot run exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import family_grid as grid
+import slimformer as sf
+from slimformer.arch import UnsupportedModelError, get_adapter
+from slimformer.core.fuse import fuse
+from slimformer.core.rotate import random_orthogonal, rotate_model
+from slimformer.methods import structures_of
+
+FAMILIES = grid.families()
+
+
+def _expected_refusal(family: str, method: str) -> bool:
+    """Whether the family's description rules the method out (:meth:`ArchAdapter.refusal`)."""
+    adapter = get_adapter(grid.build(family).config)
+    touches = structures_of(grid.METHODS[method](sparsity=0.1) if method not in grid.NO_ZERO_POINT
+                            else grid.METHODS[method](target_params=0.1))
+    return touches is not None and adapter.refusal(touches, method) is not None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fuse_and_random_rotation_is_exact(family: str) -> None:
+    """Slim form + a random orthogonal basis at every residual point, no deletion: the same logits
+    (tied and untied); families with sublayer-output norms are refused in one line instead."""
+    for tied in (False, True):
+        model = grid.build(family, tied)
+        adapter = get_adapter(model)
+        x = grid.ids()
+        dense = grid.logits(model, x)
+        if adapter.post_norms:
+            with pytest.raises(UnsupportedModelError, match="pre-norms only") as info:
+                fuse(model, adapter)
+            assert "\n" not in str(info.value)
+            continue
+        fuse(model, adapter)
+        d, n = model.config.hidden_size, model.config.num_hidden_layers
+        bases = [(random_orthogonal(d, 2 * i + 1, torch.float32), random_orthogonal(d, 2 * i + 2, torch.float32))
+                 for i in range(n)]
+        rotate_model(model, adapter, random_orthogonal(d, 0, torch.float32), bases)
+        assert (grid.logits(model, x) - dense).abs().max().item() <= grid.EXACT_TOL, (family, tied)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_is_exact_at_sparsity_zero(family: str) -> None:
+    for method in grid.METHODS:
+        if method in grid.NO_ZERO_POINT:
+            continue
+        for tied in (False, True) if method in ("slicegpt", "fasp-heads") else (False,):
+            cell = grid.zero_cell(family, method, tied)
+            if _expected_refusal(family, method):
+                assert isinstance(cell, str), f"{family}/{method}: should be refused, ran (delta {cell})"
+                continue
+            assert not isinstance(cell, str), f"{family}/{method} refused: {cell}"
+            assert cell <= grid.EXACT_TOL, f"{family}/{method} tied={tied}: max |delta logits| {cell:.2e}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_reaches_the_target_and_reloads(family: str, tmp_path: Path) -> None:
+    for method in grid.METHODS:
+        cell = grid.target_cell(family, method, tmp_path / method)
+        if _expected_refusal(family, method):
+            assert isinstance(cell, str), f"{family}/{method}: should be refused"
+            continue
+        assert not isinstance(cell, str), f"{family}/{method} refused: {cell}"
+        assert abs(cell["removed"] - grid.TARGET) <= grid.TARGET_TOL, (family, method, cell)
+        assert cell["reload_err"] <= grid.RELOAD_TOL, (family, method, cell)
+
+
+def test_grid_covers_every_registered_family() -> None:
+    """The grid's family list is the registry's, and every family's tiny config builds."""
+    assert FAMILIES == sf.supported_model_types()
+    for family in FAMILIES:
+        assert get_adapter(grid.build(family)).name
+
+
+@pytest.mark.parametrize("family", ["gemma", "granite"])
+def test_tied_head_variants_read_the_final_norm_exactly(family: str, tmp_path: Path) -> None:
+    """Keep-tied and shared-basis SliceGPT read the final norm's scale directly: Gemma's (1 + w) norms
+    and Granite's scalars through both; shared basis saves a plain, narrower model of the family."""
+    x, calib = grid.ids(), grid.ids(8, 24, seed=2)
+    dense = grid.logits(grid.build(family, tied=True), x)
+    for config in (sf.SliceGPTConfig(sparsity=0.0, keep_tied=True),
+                   sf.SliceGPTConfig(sparsity=0.0, basis="shared", slice_head=True)):
+        model = grid.build(family, tied=True)
+        sf.compress(model, config, calib, progress=False)
+        assert (grid.logits(model, x) - dense).abs().max().item() <= grid.EXACT_TOL, config
+    result = sf.compress(grid.build(family, tied=True), sf.SliceGPTConfig(sparsity=0.25, basis="shared",
+                                                                          slice_head=True), calib, progress=False)
+    out = Path(result.save(tmp_path / "shared"))
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()  # the family's own class, hidden size 48
+    assert plain.config.hidden_size == 48
+    assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
