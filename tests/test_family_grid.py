@@ -105,3 +105,19 @@ def test_tied_head_variants_read_the_final_norm_exactly(family: str, tmp_path: P
     plain = AutoModelForCausalLM.from_pretrained(out).eval()  # the family's own class, hidden size 48
     assert plain.config.hidden_size == 48
     assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
+
+
+def test_slicegpt_warns_when_a_width_sparsity_adds_parameters(capsys: pytest.CaptureFixture) -> None:
+    """A tied model sliced by a small width fraction grows (the head is untied at full width): the
+    report and the CLI say so and point to --target-params; a parameter target never warns."""
+    from slimformer.cli import _print_compression
+
+    calib = grid.ids(8, 24, seed=2)
+    result = sf.compress(grid.build("llama", tied=True), sf.SliceGPTConfig(sparsity=0.05), calib, progress=False)
+    assert result.report["params_after"] > result.report["params_before"]
+    (text,) = result.report["warnings"]
+    assert "ADDS" in text and "--target-params" in text and "--keep-tied" in text
+    _print_compression(result.report)
+    assert f"warning: {text}" in capsys.readouterr().out
+    target = sf.compress(grid.build("llama", tied=True), sf.SliceGPTConfig(target_params=0.05), calib, progress=False)
+    assert "warnings" not in target.report and target.report["params_after"] < target.report["params_before"]

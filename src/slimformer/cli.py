@@ -294,6 +294,8 @@ def _print_compression(r: dict[str, Any]) -> None:
         print(f"target params: requested {100 * t['requested']:.2f}% removed, achieved {100 * t['achieved']:.2f}%{how}")
     if r.get("world_size", 1) > 1:
         print(f"data-parallel calibration over {r['world_size']} ranks")
+    for text in r.get("warnings", []):
+        print(f"warning: {text}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -84,6 +84,7 @@ def slice_residual_stream(
     plan = plan_residual_widths(model, adapter, widths_config, schedule, scores.bi if scores is not None else None,
                                 keep_tied=keep_tied)
     widths = plan.widths
+    warnings = _budget_warnings(model, widths_config, plan.params_before, plan.params_after, label, keep_tied)
     logger.info(
         "%s (%s): d=%d, mean slicing %.4f, layer widths %s",
         label, plan.schedule, d, plan.sparsity, list(plan.layer_widths),
@@ -103,9 +104,27 @@ def slice_residual_stream(
             report["target_params"]["achieved"] = 1.0 - after / plan.params_before
     if plan.schedule == "uniform":
         report["kept_width"] = widths.embed
+    if warnings:
+        report["warnings"] = warnings
     if scores is not None:
         report["scores"] = scores.to_dict()
     return report, chooser
+
+
+def _budget_warnings(model: nn.Module, widths_config: ResidualWidthsConfig, before: int, after: int, label: str,
+                     keep_tied: bool) -> list[str]:
+    """A warning when a fixed ``sparsity`` (a fraction of the *width*) would add parameters: the
+    tied head is untied at full width and shortcut matrices are added (logged and reported)."""
+    if widths_config.target_params is not None or after <= before:
+        return []
+    tied = bool(getattr(model.config, "tie_word_embeddings", False)) and not keep_tied
+    why = "the tied head becomes its own full-width matrix and shortcut matrices are added" if tied else \
+        "shortcut matrices are added between blocks of different widths"
+    text = (f"{label} at sparsity {widths_config.sparsity:g} (a fraction of the residual width) ADDS "
+            f"{after - before:,} parameters (+{100 * (after - before) / before:.1f}%): {why}; pass --target-params F "
+            "to remove a fraction F of the parameters (counted exactly)" + (" or --keep-tied" if tied else ""))
+    logger.warning(text)
+    return [text]
 
 
 __all__ = ["plan_residual_widths", "slice_residual_stream"]
