@@ -4,7 +4,9 @@ No calibration data is read in this path: the policy sees only ``W1`` of every l
 and the rewrite is the shared structured-pruning path of FASP and the baselines
 (:func:`slimformer.methods._shared.pruning.prune_structured`, MLP channels only, no restoration).
 The final keep-set of each layer is the top-``k`` channels by the policy's logits, so a
-trained policy prunes at any sparsity without retraining.
+trained policy prunes at any sparsity without retraining. With ``variant="reference"``
+the policy is trained as the official code does (:mod:`.reference`) and the keep-set is
+a random draw from its noisy keep probabilities, seeded by ``prune_seed``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from ...schedule import make_schedule
 from .._shared.pruning import plan_counts, prune_structured
 from ..base import Runtime
 from .config import PruneNetConfig
-from .policy import Policy, load_policy, policy_config, train_policy
+from .policy import Policy, gumbel_top_k, load_policy, policy_config, train_policy
+from .reference import ReferencePolicy, train_reference_policy
 
 logger = logging.getLogger("slimformer.methods.prunenet")
 
@@ -53,12 +56,56 @@ class PolicyScorer:
         return self.policy.to(W.device)(W).double()
 
 
-def _policy_files(policy: Policy, meta: dict[str, Any]) -> dict[str, bytes]:
+class ReferenceScorer:
+    """The official final selection: channels ranked by one draw without replacement from ``o``.
+
+    ``mlp`` returns ``[I]`` scores ``I - rank`` of a full random order drawn with probability
+    proportional to the noisy keep probabilities ``o`` (fresh noise per layer), so the
+    top-``k`` by score is ``torch.multinomial(o, k, replacement=False)`` for every ``k``.
+    """
+
+    needs_activations = False
+
+    def __init__(self, policy: ReferencePolicy, seed: int) -> None:
+        self.policy = policy
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def attention(self, layer: int, block: nn.Module, adapter: ArchAdapter, shape: AttentionShape,
+                  gram: torch.Tensor | None) -> torch.Tensor:
+        return torch.zeros(shape.n_kv_heads, shape.v_head_dim)  # attention is never pruned
+
+    @torch.no_grad()
+    def mlp(self, layer: int, block: nn.Module, adapter: ArchAdapter, gram: torch.Tensor | None) -> torch.Tensor:
+        W = first_ffn_matrix(block, adapter)
+        log_o = self.policy.to(W.device).log_keep_probs(W, self.generator)  # [I]
+        order = gumbel_top_k(log_o, log_o.numel(), self.generator)  # [I], first drawn first
+        scores = torch.empty(order.numel(), dtype=torch.float64)
+        scores[order] = torch.arange(order.numel(), 0, -1, dtype=torch.float64)
+        return scores
+
+
+def _policy_files(policy: nn.Module, meta: dict[str, Any]) -> dict[str, bytes]:
     """``policy.safetensors`` and ``policy.json`` as bytes (written into the output directory on save)."""
     from safetensors.torch import save
 
     weights = save({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()})
     return {POLICY_FILE: weights, "policy.json": (json.dumps(policy_config(policy, meta), indent=2) + "\n").encode()}
+
+
+def _train(mats: list[torch.Tensor], keep: list[int], config: PruneNetConfig,
+           progress: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the policy of ``config.variant`` on ``W1: [I, d]`` per layer; ``(policy, report info)``."""
+    info: dict[str, Any] = {"source": "trained", "trained": True, "episodes": config.episodes}
+    if config.variant == "reference":
+        ref = train_reference_policy(mats, keep, episodes=config.episodes, lr=config.lr, gamma=config.gamma,
+                                     seed=config.prune_seed, progress=progress)
+        info.update(seconds=round(ref.seconds, 3), rewards=[round(r, 6) for r in ref.rewards],
+                    best_episode=ref.best_episode)
+        return ref.policy, info
+    res = train_policy(mats, keep, episodes=config.episodes, lr=config.lr, gamma=config.gamma,
+                       hidden=config.policy_hidden, samples=config.samples, seed=config.prune_seed, progress=progress)
+    info.update(seconds=round(res.seconds, 3), rewards=[round(r, 6) for r in res.rewards])
+    return res.policy, info
 
 
 def apply_prunenet(model: nn.Module, adapter: ArchAdapter, config: PruneNetConfig, calib_ids: torch.Tensor | None,
@@ -76,6 +123,9 @@ def apply_prunenet(model: nn.Module, adapter: ArchAdapter, config: PruneNetConfi
     if config.policy is not None:
         t0 = time.perf_counter()
         policy, meta = load_policy(config.policy, expect_d=d)
+        if meta.get("variant", "library") != config.variant:
+            raise ValueError(f"policy {config.policy} was trained with variant {meta.get('variant', 'library')!r}, "
+                             f"not {config.variant!r}: pass --variant {meta.get('variant', 'library')}")
         info = {"source": str(config.policy), "trained": False, "train_sparsity": meta.get("train_sparsity"),
                 "seconds": round(time.perf_counter() - t0, 3), "rewards": meta.get("rewards")}
     else:
@@ -84,19 +134,19 @@ def apply_prunenet(model: nn.Module, adapter: ArchAdapter, config: PruneNetConfi
             train_sp = plan_counts(model, adapter, config, make_schedule("uniform"), None).sparsity
         mats = [first_ffn_matrix(b, adapter) for b in layers]
         keep = [min(w.shape[0] - 1, max(1, int((1.0 - train_sp) * w.shape[0]))) for w in mats]
-        res = train_policy(mats, keep, episodes=config.episodes, lr=config.lr, gamma=config.gamma,
-                           hidden=config.policy_hidden, samples=config.samples, seed=config.prune_seed,
-                           progress=runtime.progress)
-        policy = res.policy
-        info = {"source": "trained", "trained": True, "train_sparsity": train_sp, "episodes": config.episodes,
-                "seconds": round(res.seconds, 3), "rewards": [round(r, 6) for r in res.rewards]}
-        logger.info("PruneNet policy trained in %.1fs: mean reward %.4f -> %.4f",
-                    res.seconds, res.rewards[0], res.rewards[-1])
+        policy, info = _train(mats, keep, config, runtime.progress)
+        info["train_sparsity"] = train_sp
+        logger.info("PruneNet policy (%s) trained in %.1fs: mean reward %.4f -> %.4f", config.variant,
+                    info["seconds"], info["rewards"][0], info["rewards"][-1])
     t0 = time.perf_counter()
-    report = prune_structured(model, adapter, config, None, runtime, PolicyScorer(policy))
+    scorer = PolicyScorer(policy) if config.variant == "library" else ReferenceScorer(policy, config.prune_seed)
+    report = prune_structured(model, adapter, config, None, runtime, scorer)
     info["prune_seconds"] = round(time.perf_counter() - t0, 3)
+    info["variant"] = config.variant
     meta = {"model_type": model.config.model_type, "train_sparsity": info["train_sparsity"],
             "rewards": info["rewards"]}
+    if "best_episode" in info:
+        meta["best_episode"] = info["best_episode"]
     report["policy"] = info
     report["_artifacts"] = _policy_files(policy, meta)
     return report

@@ -8,6 +8,9 @@ from pathlib import Path
 from ...validate import check_fraction, check_int
 from .._shared.pruning_config import SHARED_ATTRIBUTES, PruningConfig
 
+#: ``variant``: the library's training (:mod:`.policy`) or the official code's (:mod:`.reference`)
+VARIANTS: tuple[str, ...] = ("library", "reference")
+
 
 @dataclass
 class PruneNetConfig(PruningConfig):
@@ -20,6 +23,7 @@ class PruneNetConfig(PruningConfig):
     train_sparsity: float | None = None
     policy: str | None = None
     prune_seed: int = 0
+    variant: str = field(default="library", metadata={"choices": VARIANTS})
 
     method = "prunenet"
 
@@ -31,10 +35,12 @@ class PruneNetConfig(PruningConfig):
         if self.schedule != "uniform":
             raise ValueError(f"prunenet is calibration-free, but schedule {self.schedule!r} needs calibration "
                              "data (Block Influence scores); use schedule 'uniform'")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         self.episodes = check_int("episodes", self.episodes, 1)
         self.policy_hidden = check_int("policy_hidden", self.policy_hidden, 1)
         self.samples = check_int("samples", self.samples, 1)
-        if self.samples < 2:
+        if self.samples < 2 and self.variant == "library":
             raise ValueError("samples must be >= 2 (the REINFORCE baseline is the mean reward of the other samples)")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
@@ -69,4 +75,10 @@ PruneNetConfig.__doc__ = """PruneNet (Sengupta et al., ICLR 2025): a policy netw
             being applied); a trained policy prunes at any other sparsity without retraining.
         policy: path of a saved policy.safetensors: prune with it, no training.
         prune_seed: seed of the policy initialisation and of the sampled keep-sets.
+        variant: "library" (this library's training: MLP policy, reward -KS with a
+            baseline, exact draw log-probability, top-k keep-set) or "reference": the official code's
+            algorithm (linear policy with binary-concrete noise, reward 1/KS, one draw and
+            one AdamW step per layer and episode, loss -reward * sum log o, best episode
+            kept, final keep-set a random draw; policy_hidden and samples unused; the
+            official settings are episodes 20, learning_rate 1e-3). See docs/prunenet.md.
 """

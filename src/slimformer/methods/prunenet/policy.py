@@ -21,6 +21,8 @@ Choices (the paper and METHODS.md leave room):
   which is an unbiased score-function estimator for the keep-set's reward; the baseline of
   each of the ``samples`` draws is the mean reward of the others (leave-one-out);
 * layer ``l``'s term is weighted ``gamma ** l`` as in the reference code.
+
+The official code's algorithm itself is :mod:`.reference` (``variant="reference"``).
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def train_policy(
     return TrainResult(policy, history, time.perf_counter() - t0)
 
 
-def save_policy(policy: Policy, path: str | Path, meta: dict[str, Any]) -> None:
+def save_policy(policy: nn.Module, path: str | Path, meta: dict[str, Any]) -> None:
     """Write ``path`` (safetensors weights) and ``path`` with suffix ``.json`` (config + ``meta``)."""
     from safetensors.torch import save_file
 
@@ -177,13 +179,26 @@ def save_policy(policy: Policy, path: str | Path, meta: dict[str, Any]) -> None:
     path.with_suffix(".json").write_text(json.dumps(policy_config(policy, meta), indent=2) + "\n")
 
 
-def policy_config(policy: Policy, meta: dict[str, Any]) -> dict[str, Any]:
-    """The JSON written next to a policy's weights."""
-    return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "d": policy.d, "hidden": policy.hidden, **meta}
+def policy_config(policy: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON written next to a policy's weights (a :class:`Policy` or a reference policy).
+
+    ``variant`` says which: ``"library"`` (``hidden`` set) or ``"reference"`` (``intermediate``
+    set: the official policy is tied to one FFN width). Files without it are library policies.
+    """
+    cfg: dict[str, Any] = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "d": policy.d}
+    if isinstance(policy, Policy):
+        cfg.update(variant="library", hidden=policy.hidden)
+    else:
+        cfg.update(variant="reference", intermediate=policy.intermediate)
+    return {**cfg, **meta}
 
 
-def load_policy(path: str | Path, expect_d: int | None = None) -> tuple[Policy, dict[str, Any]]:
-    """Read a policy written by :func:`save_policy`; check it fits rows of width ``expect_d``."""
+def load_policy(path: str | Path, expect_d: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Read a policy written by :func:`save_policy`; check it fits rows of width ``expect_d``.
+
+    Returns a :class:`Policy` or, for ``"variant": "reference"`` files, a
+    :class:`~slimformer.methods.prunenet.reference.ReferencePolicy`.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -199,7 +214,13 @@ def load_policy(path: str | Path, expect_d: int | None = None) -> tuple[Policy, 
     if expect_d is not None and int(cfg["d"]) != int(expect_d):
         raise ValueError(f"policy {path} was trained on rows of width {cfg['d']} (model hidden size), "
                          f"this model's is {expect_d}: train a new policy for it")
-    policy = Policy(int(cfg["d"]), int(cfg["hidden"]))
+    policy: nn.Module
+    if cfg.get("variant", "library") == "reference":
+        from .reference import ReferencePolicy
+
+        policy = ReferencePolicy(int(cfg["d"]), int(cfg["intermediate"]))
+    else:
+        policy = Policy(int(cfg["d"]), int(cfg["hidden"]))
     try:
         policy.load_state_dict(load_file(str(path)))
     except Exception as exc:  # safetensors raises several types for truncated/corrupt files
