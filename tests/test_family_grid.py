@@ -121,3 +121,28 @@ def test_slicegpt_warns_when_a_width_sparsity_adds_parameters(capsys: pytest.Cap
     assert f"warning: {text}" in capsys.readouterr().out
     target = sf.compress(grid.build("llama", tied=True), sf.SliceGPTConfig(target_params=0.05), calib, progress=False)
     assert "warnings" not in target.report and target.report["params_after"] < target.report["params_before"]
+
+
+def test_phi3_fused_projections_come_back_in_their_original_layout(tmp_path: Path) -> None:
+    """Uniform pruning saves a plain Phi-3 whose checkpoint has the fused ``qkv_proj`` / ``gate_up_proj``
+    tensors (no remote code); per-layer head counts save with the runtime, which rebuilds the parts."""
+    from safetensors import safe_open
+
+    x, calib = grid.ids(), grid.ids(8, 24, seed=2)
+    uniform = sf.compress(grid.build("phi3"), sf.FASPConfig(sparsity=0.25, attention="heads"), calib, progress=False)
+    out = Path(uniform.save(tmp_path / "plain"))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.layers.0.self_attn.qkv_proj.weight" in keys and "model.layers.0.mlp.gate_up_proj.weight" in keys
+    assert not any(".q_proj." in k or ".gate_proj." in k for k in keys)
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()  # no trust_remote_code: the family's own class
+    assert plain.config.num_attention_heads == 3
+    assert (grid.logits(plain, x) - grid.logits(uniform.model, x)).abs().max().item() <= grid.RELOAD_TOL
+
+    varied = sf.compress(grid.build("phi3"), sf.FASPConfig(target_params=0.3, attention="heads", schedule="global"),
+                         calib, progress=False)
+    heads = {row["heads"] for row in varied.report["layers"]}
+    out = Path(varied.save(tmp_path / "remote"))
+    for loaded in (AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval(), sf.load_model(out)[0]):
+        assert (grid.logits(loaded, x) - grid.logits(varied.model, x)).abs().max().item() <= grid.RELOAD_TOL
+    assert len(heads) > 1, heads  # the global schedule gave the layers different head counts

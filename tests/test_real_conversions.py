@@ -1,6 +1,7 @@
 """Real trained weights through other families' adapters: stories260k (Llama) rewritten exactly as a
-Gemma model ((1 + w) RMSNorm, embeddings scaled by sqrt(hidden) in the forward) and as a Granite
-model (residual multiplier, embedding multiplier, logits scaling). The rewritten models compute the
+Gemma model ((1 + w) RMSNorm, embeddings scaled by sqrt(hidden) in the forward), as a Granite
+model (residual multiplier, embedding multiplier, logits scaling) and as a Phi-3 model (fused
+``qkv_proj`` and ``gate_up_proj``). The rewritten models compute the
 same function, so a method must give the same compressed model on them: the same perplexity on
 the real evaluation text. A wrong adapter (a norm offset not folded, a multiplier dropped) fails
 here with real activation statistics, not only on random weights."""
@@ -72,7 +73,20 @@ def as_granite(llama: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-CONVERSIONS = {"gemma": as_gemma, "granite": as_granite}
+def as_phi3(llama: torch.nn.Module) -> torch.nn.Module:
+    """Phi-3 fuses q/k/v rows into ``qkv_proj`` and gate/up rows into ``gate_up_proj``."""
+    model = AutoModelForCausalLM.from_config(_config(llama, "Phi3Config"), dtype=torch.float32).eval()
+    state = {k: v.clone() for k, v in llama.state_dict().items()}
+    state["lm_head.weight"] = llama.lm_head.weight.detach().clone()
+    for i in range(llama.config.num_hidden_layers):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        state[a + "qkv_proj.weight"] = torch.cat([state.pop(a + f"{x}_proj.weight") for x in "qkv"])
+        state[m + "gate_up_proj.weight"] = torch.cat([state.pop(m + f"{x}_proj.weight") for x in ("gate", "up")])
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+CONVERSIONS = {"gemma": as_gemma, "granite": as_granite, "phi3": as_phi3}
 
 
 def _ppl(model, tok, ids) -> float:

@@ -20,6 +20,7 @@ from .calib.offload import discard as discard_offloaded, finish as finish_offloa
 from .calib.source import BlockSource, InMemoryBlocks
 from .core.params import count_params
 from .core.plan import ShapePlan, plan_from_model
+from .core.projections import split_projections
 from .io.format import load_model, save_compressed
 from .memory import peak_rss_mb, reset_peak_rss, rss_mb, use_mmap_for_large_blocks
 from .methods import METHODS, Runtime, spec_for_config, structures_of
@@ -124,6 +125,11 @@ def compress(
     if reason is not None:
         raise UnsupportedModelError(reason)
     blocks = block_source(model, adapter)
+    if blocks.offloaded and adapter.unfuse:
+        raise UnsupportedModelError(f"{adapter.name} has fused projections ({', '.join(p for p, _ in adapter.unfuse)}), "
+                                    "which offloaded compression does not split yet: load the model and compress it "
+                                    "in memory")
+    split_projections(model, adapter)  # Phi-3: fused qkv / gate_up held as their parts (exact)
     if blocks.offloaded and not spec.offload:
         raise ValueError(f"method {spec.name} needs every block in memory at once; it cannot run offloaded. "
                          f"Offloading works with: {', '.join(offload_method_names())}")

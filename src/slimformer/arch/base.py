@@ -72,6 +72,12 @@ class ArchAdapter:
             it joins the residual (Granite); fusion folds it into the writers.
         rope_layout: ``"half"`` (HF ``rotate_half``: channels ``j`` and ``j + r/2`` rotate
             together) or ``"interleaved"`` (channels ``2j`` and ``2j + 1``: Cohere, GPT-J).
+        unfuse: fused projections as ``(block-level path, part names)``, e.g.
+            ``("self_attn.qkv_proj", ("q_proj", "k_proj", "v_proj"))`` (Phi-3): before a method
+            runs, each becomes a :class:`~slimformer.runtime.modeling_slimformer.FusedLinear` of
+            separate linears (exact: the parts' outputs are concatenated), so q/k/v paths are
+            ``self_attn.qkv_proj.q_proj`` etc.; a plain save writes the fused tensors back.
+        split_sizes: ``config -> {path: output rows of each part}`` for ``unfuse``.
         tiny: the family's smallest test configuration: ``{"config_class": "LlamaConfig",
             **kwargs}`` with ``vocab_size``/``hidden_size``/layer count left to the test grid
             (``tests/test_family_grid.py`` builds every registered family from it).
@@ -108,6 +114,8 @@ class ArchAdapter:
     mlp_post_norm: str | None = None
     residual_multiplier: str | None = None
     rope_layout: Literal["half", "interleaved"] = "half"
+    unfuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    split_sizes: Callable[[Any], dict[str, tuple[int, ...]]] | None = field(default=None, compare=False)
     tiny: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     validate: Callable[[Any], None] | None = field(default=None, compare=False)
 

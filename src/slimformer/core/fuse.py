@@ -22,6 +22,7 @@ from torch import nn
 
 from ..arch import ArchAdapter, UnsupportedModelError, get_module, set_module
 from ..runtime.modeling_slimformer import SlimBlock, SlimRMSNorm, SlimRMSNormProject
+from .projections import split_projections
 
 logger = logging.getLogger("slimformer.core.fuse")
 
@@ -351,6 +352,7 @@ def fuse(model: nn.Module, adapter: ArchAdapter, blocks: bool = True) -> None:
             center_embedding(get_module(model, adapter.pos_embed))
     layers = adapter.get_layers(model)
     if blocks:
+        split_projections(model, adapter)  # fused qkv / gate_up as parts (Phi-3), before folding norms into them
         for i, block in enumerate(layers):
             layers[i] = fuse_block(block, adapter, model.config)
     fold_norm_into_readers(get_module(model, adapter.final_norm), model, [adapter.head], adapter.norm_offset)

@@ -101,9 +101,14 @@ class ShapePlan:
     #: format 3: the final norm maps ``head_width -> embed_width`` (keep-tied SliceGPT); ``head_width``
     #: is then the residual width at the final norm and the head reads ``embed_width``
     head_proj: bool = False
+    #: fused projections held as parts (Phi-3): ``[{"path": "self_attn.qkv_proj", "parts": [...]}, ...]``
+    unfused: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not data["unfused"]:
+            del data["unfused"]  # plans of families without fused projections are unchanged
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ShapePlan":
@@ -179,6 +184,7 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         head_bias=head.bias is not None,
         layout=adapter.block_layout(model.config),
         blocks=blocks,
+        unfused=[{"path": path, "parts": list(parts)} for path, parts in adapter.unfuse] or None,
     )
 
 

@@ -23,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..arch import get_adapter
 from ..core.dtypes import to_torch_dtype
 from ..core.plan import FORMAT_VERSION
+from ..core.projections import fuse_state
 from ..runtime import modeling_slimformer as modeling
 from ..runtime import plan_schema
 from ..runtime.modeling_slimformer import SlimformerFormatError, load_compressed
@@ -202,7 +204,11 @@ def save_compressed(
     out = check_output_dir(out, overwrite, inputs=inputs).absolute()
     section = {"format_version": FORMAT_VERSION, **section, "plain": plain_changes is not None}
     with staged_dir(out) as tmp:
-        nbytes = write_weights(untied_state(model), tmp, max_shard_bytes)
+        state = untied_state(model)
+        if plain_changes is not None:  # the family's own layout: fused projections written back fused
+            adapter = get_adapter(model)
+            state = fuse_state(state, adapter, len(adapter.get_layers(model)))
+        nbytes = write_weights(state, tmp, max_shard_bytes)
         write_metadata(model, tmp, section, report, tokenizer, plain_changes, extra_files)
     logger.info("saved compressed model to %s (%.2f MB of weights)", out, nbytes / 2**20)
     return out

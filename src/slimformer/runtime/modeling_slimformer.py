@@ -23,6 +23,7 @@ a sublayer.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -349,6 +350,13 @@ def set_attention_heads(attn: nn.Module, v_path: str, o_path: str, n_heads: int,
     groups = getattr(attn, "num_key_value_groups", None)  # whole GQA groups go: the ratio is unchanged
     if isinstance(getattr(attn, "num_key_value_heads", None), int) and isinstance(groups, int) and groups > 0:
         attn.num_key_value_heads = int(n_heads) // groups  # (StableLM reshapes k/v with it)
+    cfg = getattr(attn, "config", None)  # Phi-3 splits its fused qkv with config.num_attention_heads:
+    if cfg is not None and getattr(cfg, "num_attention_heads", n_heads) != n_heads and isinstance(groups, int):
+        cfg = copy.copy(cfg)  # this layer's own shallow copy (the model's config is unchanged)
+        cfg.num_attention_heads = int(n_heads)
+        if hasattr(cfg, "num_key_value_heads"):
+            cfg.num_key_value_heads = int(n_heads) // groups
+        attn.config = cfg
     set_module_at(attn, v_path, head_wrapped(module_at(attn, v_path), HeadPadOutLinear, head_dim, v_head_dim))
     set_module_at(attn, o_path, head_wrapped(module_at(attn, o_path), HeadSliceInLinear, head_dim, v_head_dim))
 
@@ -373,6 +381,84 @@ def apply_head_shapes(model: nn.Module, plan: dict[str, Any]) -> None:
         if bp.get("qk_index") is not None:
             set_qk_dims(attn, attn_relative(paths["q"], attn_name), attn_relative(paths["k"], attn_name),
                         bp["head_dim"], bp["qk_index"], bp["n_heads"] // bp["n_kv_heads"])
+
+
+# ----------------------------------------------------------------------------------
+# Fused projections (Phi-3's qkv_proj and gate_up_proj) kept as their parts.
+#
+# A fused linear is a stack of independent linears reading the same input. Methods
+# prune and rotate q, k, v (or gate, up) separately, so slimformer holds the fused
+# module as a FusedLinear whose children are the parts; its forward concatenates their
+# outputs, which is exactly what the family's own forward splits again. A plain save
+# writes the original fused tensors back (slimformer.io.format); a remote-code save
+# keeps the parts, and the loader rebuilds the FusedLinear from the plan's ``unfused``.
+# ----------------------------------------------------------------------------------
+
+
+class FusedLinear(nn.Module):
+    """``x: [.., in] -> cat([part(x) for part in parts], -1)``; the parts are child modules."""
+
+    def __init__(self, parts: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.part_names = tuple(parts)
+        for name, part in parts.items():
+            setattr(self, name, part)
+
+    @property
+    def parts(self) -> list[nn.Module]:
+        return [getattr(self, n) for n in self.part_names]
+
+    @property
+    def in_features(self) -> int:
+        return self.parts[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return sum(p.out_features for p in self.parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"parts={','.join(self.part_names)}"
+
+
+def split_linear(root: nn.Module, path: str, parts: list[str], sizes: list[int]) -> FusedLinear:
+    """Replace the linear at ``path`` by a :class:`FusedLinear` of ``parts`` with ``sizes`` output rows
+    (weights and biases copied; on the meta device they are just shaped)."""
+    lin = module_at(root, path)
+    if isinstance(lin, FusedLinear):
+        return lin
+    if sum(sizes) != lin.out_features:
+        raise SlimformerFormatError(f"{path}: parts {parts} of sizes {sizes} do not add up to its "
+                                    f"{lin.out_features} output rows")
+    new, start = {}, 0
+    for name, size in zip(parts, sizes):
+        part = nn.Linear(lin.in_features, size, bias=lin.bias is not None, device=lin.weight.device,
+                         dtype=lin.weight.dtype)
+        if lin.weight.device.type != "meta":
+            with torch.no_grad():
+                part.weight.copy_(lin.weight[start:start + size])
+                if lin.bias is not None:
+                    part.bias.copy_(lin.bias[start:start + size])
+        new[name] = part
+        start += size
+    fused = FusedLinear(new)
+    set_module_at(root, path, fused)
+    return fused
+
+
+def apply_unfused(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Rebuild the plan's fused projections as FusedLinear (shapes follow the checkpoint later)."""
+    specs = plan.get("unfused") or []
+    if not specs:
+        return
+    for layer in module_at(model, plan["paths"]["layers"]):
+        for spec in specs:
+            lin = module_at(layer, spec["path"])
+            n = len(spec["parts"])
+            sizes = [lin.out_features // n] * (n - 1)
+            split_linear(layer, spec["path"], spec["parts"], sizes + [lin.out_features - sum(sizes)])
 
 
 # ----------------------------------------------------------------------------------
@@ -619,6 +705,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
     layers = module_at(model, paths["layers"])
     if len(layers) != len(plan["blocks"]):
         raise SlimformerFormatError(f"plan has {len(plan['blocks'])} blocks but the config builds {len(layers)}")
+    apply_unfused(model, plan)
     if not plan.get("fused", True):
         return  # original HF blocks and norms (index pruning): only tensor shapes differ
     for i, bp in enumerate(plan["blocks"]):

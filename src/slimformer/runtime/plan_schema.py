@@ -223,6 +223,7 @@ def validate_plan_schema(plan: dict[str, Any]) -> None:
     _int("plan.embed_width", plan["embed_width"], 1, d)
     _int("plan.head_width", plan["head_width"], 1, d)
     _bool("plan.head_bias", plan["head_bias"])
+    _validate_unfused(plan.get("unfused"))
     for key in ("fused", "tied_head", "head_proj"):
         if key in plan:
             _bool(f"plan.{key}", plan[key])
@@ -244,6 +245,26 @@ def validate_plan_schema(plan: dict[str, Any]) -> None:
     parallel = plan["layout"].get("mlp_norm") is None
     for i, bp in enumerate(blocks):
         _validate_block(i, bp, plan, parallel)
+
+
+def _validate_unfused(specs: Any) -> None:
+    """``unfused`` (optional): fused projections held as parts, ``[{"path": ..., "parts": [...]}, ...]``."""
+    if specs is None:
+        return
+    if not isinstance(specs, list) or len(specs) > 8:
+        raise _bad("plan.unfused", f"must be a list of at most 8 objects, found {_short(specs)}")
+    for i, spec in enumerate(specs):
+        where = f"plan.unfused[{i}]"
+        if not isinstance(spec, dict):
+            raise _bad(where, f"must be a JSON object, found {_short(spec)}")
+        _require(where, spec, ("path", "parts"))
+        _module_path(f"{where}.path", spec["path"])
+        parts = spec["parts"]
+        if not isinstance(parts, list) or not 2 <= len(parts) <= 8 or len(set(map(str, parts))) != len(parts):
+            raise _bad(f"{where}.parts", f"must be 2 to 8 distinct module names, found {_short(parts)}")
+        for j, part in enumerate(parts):
+            if not isinstance(part, str) or not part.isidentifier() or part.startswith("_"):
+                raise _bad(f"{where}.parts[{j}]", f"must be a module name, found {_short(part)}")
 
 
 def _validate_layout(layout: Any, fused: bool) -> None:
