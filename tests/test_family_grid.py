@@ -19,6 +19,7 @@ import family_grid as grid
 import slimformer as sf
 from slimformer.arch import UnsupportedModelError, get_adapter
 from slimformer.core.fuse import fuse
+from slimformer.core.plan import config_head_dim
 from slimformer.core.rotate import random_orthogonal, rotate_model
 from slimformer.methods import structures_of
 
@@ -146,3 +147,32 @@ def test_phi3_fused_projections_come_back_in_their_original_layout(tmp_path: Pat
     for loaded in (AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval(), sf.load_model(out)[0]):
         assert (grid.logits(loaded, x) - grid.logits(varied.model, x)).abs().max().item() <= grid.RELOAD_TOL
     assert len(heads) > 1, heads  # the global schedule gave the layers different head counts
+
+
+@pytest.mark.parametrize("family", ["ernie4_5", "cohere", "llama"])
+def test_modegpt_qk_cut_follows_the_rope_layout(family: str) -> None:
+    """Zero one RoPE pair of q/k channels in every head: MoDeGPT's q/k cut must drop exactly that pair
+    and stay exact. The pair is (2j, 2j+1) for interleaved RoPE (ERNIE-4.5, Cohere) and (j, j+r/2) for
+    rotate_half (Llama); grouping channels the wrong way would cut a live channel."""
+    def model() -> torch.nn.Module:
+        m = grid.build(family)
+        adapter = get_adapter(m)
+        hd = config_head_dim(m.config)
+        pair = (2, 3) if adapter.rope_layout == "interleaved" else (1, 1 + hd // 2)
+        with torch.no_grad():
+            for block in adapter.get_layers(m):
+                for path in (adapter.q, adapter.k):
+                    lin = block.get_submodule(path)
+                    for h in range(lin.out_features // hd):
+                        for c in pair:
+                            lin.weight[h * hd + c] = 0.0
+                            if lin.bias is not None:
+                                lin.bias[h * hd + c] = 0.0
+        return m
+
+    x, calib = grid.ids(), grid.ids(8, 24, seed=2)
+    dense = grid.logits(model(), x)
+    hd = config_head_dim(grid.build(family).config)
+    result = sf.compress(model(), sf.MoDeGPTConfig(sparsity=2 / hd, modules="qk"), calib, progress=False)
+    assert {row["qk"] for row in result.report["modules"] for row in [row["kept"]]} == {hd - 2}
+    assert (grid.logits(result.model, x) - dense).abs().max().item() <= grid.EXACT_TOL

@@ -47,6 +47,8 @@ def test_nystrom_restoration_is_least_squares_and_keep_all_is_exact() -> None:
 def test_rope_groups_follow_rotate_half() -> None:
     assert rope_groups(8) == [[0, 4], [1, 5], [2, 6], [3, 7]]
     assert rope_groups(8, rotary_dim=4) == [[0, 2], [1, 3], [4], [5], [6], [7]]
+    assert rope_groups(8, layout="interleaved") == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert rope_groups(8, rotary_dim=4, layout="interleaved") == [[0, 1], [2, 3], [4], [5], [6], [7]]
     with pytest.raises(ValueError):
         rope_groups(8, rotary_dim=3)
 

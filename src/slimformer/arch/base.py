@@ -146,9 +146,6 @@ class ArchAdapter:
         if "qk" in touches and self.head_norms:
             return (f"{method}: {self.name} has per-head q/k norms over the head dim, so q/k head dims cannot "
                     "be cut exactly; use --modules mlp,vo")
-        if "qk" in touches and self.rope_layout != "half":
-            return (f"{method}: {self.name} rotates q/k channel pairs (2j, 2j+1) (interleaved RoPE); cutting q/k "
-                    "dims is implemented for the half-split layout only; use --modules mlp,vo")
         return None
 
     @property

@@ -48,7 +48,7 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 #: the form only (it is torch- and transformers-free); the loader
 #: (:func:`modeling_slimformer.load_compressed`) builds the class only when transformers' own
 #: causal-LM mapping names it for the plan's ``model_type``, so no other class can be reached.
-ARCHITECTURE_PATTERN = re.compile(r"[A-Z][A-Za-z0-9]{0,80}ForCausalLM")
+ARCHITECTURE_PATTERN = re.compile(r"[A-Z][A-Za-z0-9_]{0,80}ForCausalLM")
 MODEL_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,80}")
 
 #: activation names a fused block without an MLP module may use (``modeling_slimformer.ACTIVATIONS``)

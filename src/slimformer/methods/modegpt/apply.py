@@ -199,7 +199,7 @@ def compress_qk(block: nn.Module, adapter: ArchAdapter, config: Any, G_x: torch.
     for g in range(shape.n_kv_heads):
         k_diag = diag(kproj, torch.arange(g * hd, (g + 1) * hd))
         q_diag = torch.stack([diag(q, torch.arange(h * hd, (h + 1) * hd)) for h in range(g * n_rep, (g + 1) * n_rep)])
-        keep.append(select_qk_dims(q_diag.cpu(), k_diag.cpu(), k, rot))  # rot = 0: every dim alone
+        keep.append(select_qk_dims(q_diag.cpu(), k_diag.cpu(), k, rot, adapter.rope_layout))  # rot 0: dims alone
     kv_index = torch.stack(keep)  # [n_kv, k]
     q_rows = torch.cat([h * hd + kv_index[h // n_rep] for h in range(shape.n_heads)])
     k_rows = torch.cat([g * hd + kv_index[g] for g in range(shape.n_kv_heads)])

@@ -61,13 +61,21 @@ def ridge_leverage_scores(C: torch.Tensor, ridge: float) -> torch.Tensor:
     return (evecs.pow(2) * w).sum(1)  # diag(V diag(w) V^T)
 
 
-def rope_groups(head_dim: int, rotary_dim: int | None = None) -> list[list[int]]:
-    """Dims of one head that must be kept together: RoPE pairs ``(j, j + r/2)`` for
-    ``j < r/2`` (HF ``rotate_half`` layout), then each non-rotary dim alone."""
+def rope_groups(head_dim: int, rotary_dim: int | None = None, layout: str = "half") -> list[list[int]]:
+    """Dims of one head that must be kept together: RoPE pairs, then each non-rotary dim alone.
+
+    ``layout="half"`` (HF ``rotate_half``): pairs ``(j, j + r/2)`` for ``j < r/2``;
+    ``"interleaved"`` (Cohere, GLM, ERNIE-4.5, GPT-J): pairs ``(2j, 2j + 1)``."""
     r = head_dim if rotary_dim is None else int(rotary_dim)
     if r % 2 or not 0 <= r <= head_dim:
         raise ValueError(f"rotary dims {r} must be even and at most head_dim {head_dim}")
-    return [[j, j + r // 2] for j in range(r // 2)] + [[j] for j in range(r, head_dim)]
+    if layout == "interleaved":
+        pairs = [[2 * j, 2 * j + 1] for j in range(r // 2)]
+    elif layout == "half":
+        pairs = [[j, j + r // 2] for j in range(r // 2)]
+    else:
+        raise ValueError(f"unknown RoPE layout {layout!r}; known: half, interleaved")
+    return pairs + [[j] for j in range(r, head_dim)]
 
 
 def qk_group_scores(q_diag: torch.Tensor, k_diag: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
@@ -89,13 +97,13 @@ def qk_group_scores(q_diag: torch.Tensor, k_diag: torch.Tensor, groups: list[lis
 
 
 def select_qk_dims(q_diag: torch.Tensor, k_diag: torch.Tensor, keep_dims: int,
-                   rotary_dim: int | None = None) -> torch.Tensor:
+                   rotary_dim: int | None = None, layout: str = "half") -> torch.Tensor:
     """Kept head dims (ascending) of one kv head: best whole groups until ``keep_dims`` dims.
 
     ``keep_dims`` must be reachable with whole groups (even when all dims are rotary).
     """
     hd = k_diag.shape[0]
-    groups = rope_groups(hd, rotary_dim)
+    groups = rope_groups(hd, rotary_dim, layout)
     scores = qk_group_scores(q_diag, k_diag, groups)
     order = torch.argsort(-scores, stable=True).tolist()
     kept: list[int] = []
