@@ -176,3 +176,15 @@ def test_modegpt_qk_cut_follows_the_rope_layout(family: str) -> None:
     result = sf.compress(model(), sf.MoDeGPTConfig(sparsity=2 / hd, modules="qk"), calib, progress=False)
     assert {row["qk"] for row in result.report["modules"] for row in [row["kept"]]} == {hd - 2}
     assert (grid.logits(result.model, x) - dense).abs().max().item() <= grid.EXACT_TOL
+
+
+def test_adding_a_family_doc_shows_the_real_family_file() -> None:
+    """docs/adding_a_family.md's worked example is the repository's arcee.py, verbatim, and the
+    family it adds is registered (so the grid above ran it)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "adding_a_family.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "ADAPTER" in b]
+    assert block == (root / "src" / "slimformer" / "arch" / "families" / "arcee.py").read_text()
+    assert "arcee" in FAMILIES
