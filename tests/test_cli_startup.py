@@ -107,7 +107,7 @@ def test_compress_help_is_clean_and_lists_choices(capsys: pytest.CaptureFixture)
         assert markup not in text, markup
     flat = " ".join(text.split())
     for option, choices in {"--schedule": "{uniform,layer-redundancy,global}", "--attention": "{channels,heads,none}",
-                            "--cost": "{l2,sqeuclidean}", "--targets": "{norm,spread,random}",
+                            "--cost": "{l2,sqeuclidean,correlation}", "--targets": "{norm,spread,random}",
                             "--target-marginal": "{uniform,nearest}", "--where": "{residual,mlp}",
                             "--gram-dtype": "{float64,float32}"}.items():
         assert f"{option} {choices}" in flat, option

@@ -40,10 +40,13 @@ GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
 EXPORTABLE: tuple[str, ...] = ("none", "gguf", "hf")
 
 #: DOTResize optimal transport (:mod:`slimformer.methods.dotresize.ot`): activation
-#: distances between neurons, how the target neurons are chosen, their marginals
-COSTS: tuple[str, ...] = ("l2", "sqeuclidean")
+#: distances between neurons, how the target neurons are chosen, their marginals, and
+#: whether every source is transported (``balanced``) or only the dropped ones
+#: (``mass-preserving``: each kept neuron keeps its own mass)
+COSTS: tuple[str, ...] = ("l2", "sqeuclidean", "correlation")
 TARGET_INITS: tuple[str, ...] = ("norm", "spread", "random")
 TARGET_MARGINALS: tuple[str, ...] = ("uniform", "nearest")
+TRANSPORTS: tuple[str, ...] = ("balanced", "mass-preserving")
 
 
 def check_fraction(name: str, value: float, *, allow_zero: bool = True) -> float:
@@ -113,5 +116,5 @@ def check_schedule(name: str, *, slicing_base: float | None = None, temperature:
 
 
 __all__ = ["ATTENTION_MODES", "COSTS", "DEFAULT_BASE_RATIO", "DTYPE_NAMES", "GRAM_DTYPES", "SCHEDULE_NAMES",
-           "TARGET_INITS", "TARGET_MARGINALS", "check_budget", "check_fraction", "check_int", "check_schedule",
-           "check_temperature", "schedule_names"]
+           "TARGET_INITS", "TARGET_MARGINALS", "TRANSPORTS", "check_budget", "check_fraction", "check_int",
+           "check_schedule", "check_temperature", "schedule_names"]

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 #: families whose Hugging Face attention reads ``config.head_dim`` (so fewer heads need no
-#: change of ``hidden_size``), read off the installed transformers' attention code; OPT and
-#: StableLM derive the head dim from ``hidden_size``. ``tests/test_family_grid.py`` reloads a
+#: change of ``hidden_size``) and size ``o_proj`` by heads x head dim, read off the installed
+#: transformers' attention code; OPT and StableLM derive the head dim from ``hidden_size``,
+#: Helium sizes ``o_proj`` by ``hidden_size``. ``tests/test_family_grid.py`` reloads a
 #: uniformly head-pruned model of every family as a plain model, so a wrong entry fails there.
 HEAD_DIM_CONFIGURABLE = ("llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "granite", "starcoder2", "olmo",
-                         "cohere", "gemma", "gemma2", "gemma3_text", "helium", "ministral", "smollm3", "seed_oss",
-                         "hunyuan_v1_dense")
+                         "cohere", "gemma", "gemma2", "gemma3_text", "ministral", "smollm3", "seed_oss",
+                         "hunyuan_v1_dense", "arcee", "apertus", "nanochat", "glm", "ernie4_5")
 
 #: llama.cpp architecture per family: (uniform shapes, per-layer shapes or ``None``). llama.cpp's
 #: ``deci`` architecture (the Nemotron-NAS layout) takes per-layer head counts and FFN widths;

@@ -17,10 +17,13 @@ them unverified), all recorded here and in the config:
   paper: "highest mean activations"); ``spread`` and ``random`` are options;
 * cost: l2 distance of the neurons' activation vectors over all calibration
   tokens, divided by its maximum; computed from the streamed second moment, so
-  no token subsampling is needed;
-* marginals: uniform source and (default) uniform target weights; entropic
-  regularisation 0.1 of the largest cost (0.01 for ``where="mlp"``), own
-  log-domain Sinkhorn (torch);
+  no token subsampling is needed (``sqeuclidean`` and ``correlation``, one minus
+  the uncentred correlation, are options);
+* marginals: uniform source and (default) uniform target weights, every neuron
+  transported (``transport="mass-preserving"``: kept neurons stay on themselves,
+  only the dropped ones move); entropic regularisation 10 times the largest cost
+  (0.01 for ``where="mlp"``; the choices on held-out calibration windows are in
+  config.py), own log-domain Sinkhorn (torch);
 * merge map ``T = P diag(1/b)`` (averaging weights), ``T = QR``; ``Q`` is the
   basis in the stream, ``R`` is folded into the next readers together with the
   pseudo-inverse ``T^+`` (Fig. 1's "T inv"), where it cancels exactly -- so the
@@ -61,7 +64,7 @@ from .._shared.pruning_config import PruningConfig
 from .._shared.residual import slice_residual_stream
 from ..base import Runtime
 from .config import DOTResizeConfig
-from .ot import dot_basis, select_targets
+from .ot import MergeBasis, dot_basis, select_targets, self_weights
 
 logger = logging.getLogger("slimformer.methods.dotresize")
 
@@ -103,20 +106,26 @@ class TransportChooser:
         basis = dot_basis(
             cov, self.width_of(point), reg=cfg.entropic_reg, cost=cfg.cost, targets=cfg.targets,
             marginal=cfg.target_marginal, max_iter=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol,
-            seed=cfg.target_seed,
+            seed=cfg.target_seed, transport=cfg.transport,
         )
         Q = basis.Q
         self.kept_energy[name] = round(float(torch.trace(Q.T @ C @ Q) / torch.trace(C)), 6)
+        self.transport[name] = transport_diagnostics(basis)
         t = basis.transport
-        self.transport[name] = {
-            "iterations": t.iterations, "marginal_error": t.marginal_error, "cost": round(t.cost, 6),
-        }
         if t.iterations >= cfg.sinkhorn_iters - 1 and t.marginal_error > cfg.sinkhorn_tol:
             logger.warning(
                 "%s: Sinkhorn stopped after %d iterations with marginal error %.2e > tol %.1e "
                 "(raise sinkhorn_iters or entropic_reg)", name, t.iterations, t.marginal_error, cfg.sinkhorn_tol,
             )
         return Q
+
+
+def transport_diagnostics(basis: MergeBasis) -> dict[str, float]:
+    """Sinkhorn ``iterations``, ``marginal_error``, ``cost`` and ``min_self_weight``
+    (smallest ``T[J_j, j]``: how much of its own merged neuron a kept neuron is at least)."""
+    t = basis.transport
+    return {"iterations": t.iterations, "marginal_error": t.marginal_error, "cost": round(t.cost, 6),
+            "min_self_weight": round(float(self_weights(basis.T, basis.targets).min()), 6)}
 
 
 def apply_dotresize(
@@ -176,6 +185,9 @@ def merge_mlp(
         C = grams.down.double()  # [I, I] second moment of the MLP activations
         k = plan.counts[li].mlp
         name = f"mlp{li}"
+        if k >= C.shape[0]:  # nothing merged away: the channels stay as they are (exact; no transport
+            kept_energy[name] = 1.0  # plan, whose smoothing would mix channels through the activation)
+            return
         if config.prune_only:  # baseline: keep the targets' channels unchanged, drop the others
             J = select_targets(C, k, config.targets, config.target_seed)
             T = torch.eye(C.shape[0], dtype=torch.float64, device=C.device)[:, J.to(C.device)]
@@ -184,11 +196,10 @@ def merge_mlp(
             basis = dot_basis(
                 C, k, reg=config.entropic_reg, cost=config.cost, targets=config.targets,
                 marginal=config.target_marginal, max_iter=config.sinkhorn_iters, tol=config.sinkhorn_tol,
-                seed=config.target_seed,
+                seed=config.target_seed, transport=config.transport,
             )
-            T, Q, t = basis.T, basis.Q, basis.transport
-            transport[name] = {"iterations": t.iterations, "marginal_error": t.marginal_error,
-                               "cost": round(t.cost, 6)}
+            T, Q = basis.T, basis.Q
+            transport[name] = transport_diagnostics(basis)
         kept_energy[name] = round(float(torch.trace(Q.T @ C @ Q) / torch.trace(C)), 6)
         merge_mlp_channels(block, adapter, T)
 

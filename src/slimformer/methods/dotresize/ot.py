@@ -10,11 +10,15 @@ Notation (one point of the residual stream, ``n`` = width, ``k`` = kept width):
   stored or subsampled.
 * targets ``J`` (``k`` indices): the neurons the others are merged into.
 * cost ``M: [n, k]``, ``M_ij`` = activation distance between source neuron ``i``
-  and target ``J_j`` (divided by its maximum so the regularisation is scale-free).
+  and target ``J_j`` (divided by its maximum so the regularisation is scale-free):
+  l2, squared l2 or ``1 - rho_ij`` (correlation, :func:`correlation_distance`).
 * plan ``P: [n, k]`` >= 0 with ``P 1 = a`` (source marginal, uniform ``1/n``) and
   ``P^T 1 = b`` (target marginal), minimising ``<P, M> - reg * H(P)`` (own
   log-domain Sinkhorn in torch, on the model's device; checked against POT in the
   tests) or ``<P, M>`` (``reg = 0``: exact, POT's network simplex).
+  ``transport="mass-preserving"`` (:func:`mass_preserving_plan`) instead fixes
+  ``P[J_j, j] = a[J_j]`` (every kept neuron keeps its whole mass on itself) and
+  transports only the ``n - k`` dropped neurons onto the targets.
 * merge map ``T = P diag(1 / b)``: merged neuron ``j`` is the ``P``-weighted
   average of the source neurons sent to it, ``y = x T``.
 * ``T = Q R`` (thin QR, ``R`` with positive diagonal): ``Q: [n, k]`` has
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 # torch-free vocabularies (the config and the CLI use them)
-from ...validate import COSTS, TARGET_INITS, TARGET_MARGINALS
+from ...validate import COSTS, TARGET_INITS, TARGET_MARGINALS, TRANSPORTS
 
 logger = logging.getLogger("slimformer.methods.dotresize.ot")
 
@@ -53,22 +57,64 @@ def _ot():
     return ot
 
 
+def correlation_distance(cov: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``1 - rho_ij`` between every neuron ``i`` and every target ``J_j``: ``[n, k]`` float64 in ``[0, 2]``.
+
+    ``rho_ij = C_ij / sqrt(C_ii C_jj)`` is the correlation of the two neurons' activation
+    vectors over the calibration tokens as ``cov`` describes them: on the uncentred second
+    moment ``X^T X`` (what the calibration pass streams) it is their cosine similarity
+    (the *uncentred* correlation); on the centred one ``(X - mean)^T (X - mean)``
+    (:func:`centred_second_moment`) it is exactly Pearson's ``r``. It does not change when
+    a neuron is multiplied by a positive number (a negative one flips its sign: merging
+    anti-correlated neurons with positive averaging weights cancels them, so they are far
+    apart). A neuron that never fires (``C_ii = 0``) has correlation 0 with every other
+    neuron (distance 1) and distance 0 to itself.
+    """
+    C = cov.double()
+    J = torch.as_tensor(targets, device=C.device)
+    norms = torch.diagonal(C).clamp_min(0.0).sqrt()  # [n]
+    denom = norms[:, None] * norms[J][None, :]  # [n, k]
+    rho = torch.where(denom > 0, C[:, J] / denom.clamp_min(torch.finfo(C.dtype).tiny), torch.zeros_like(denom))
+    M = 1.0 - rho.clamp(-1.0, 1.0)  # [n, k]
+    M[J, torch.arange(J.numel(), device=C.device)] = 0.0  # every neuron is at distance 0 from itself
+    return M
+
+
+def centred_second_moment(cov: torch.Tensor, mean: torch.Tensor, tokens: int) -> torch.Tensor:
+    """``(X - 1 mean^T)^T (X - 1 mean^T) = X^T X - N mean mean^T``: ``[n, n]`` float64.
+
+    Args:
+        cov: ``[n, n]`` uncentred second moment ``X^T X`` over ``N = tokens`` rows.
+        mean: ``[n]`` per-neuron mean activation over the same tokens.
+    With it, ``cost="correlation"`` is ``1 - Pearson r``; the calibration pass streams only
+    ``X^T X`` (no means), so the method itself uses the uncentred correlation.
+    """
+    m = mean.double().to(cov.device)
+    return cov.double() - float(tokens) * torch.outer(m, m)
+
+
 def pairwise_cost(cov: torch.Tensor, targets: torch.Tensor, cost: str = "l2") -> torch.Tensor:
     """Activation distance between every neuron and every target.
 
     Args:
         cov: ``[n, n]`` second moment ``X^T X`` (float64).
         targets: ``[k]`` target neuron indices.
-        cost: ``"l2"`` (``|X_i - X_j|``) or ``"sqeuclidean"`` (``|X_i - X_j|^2``).
+        cost: ``"l2"`` (``|X_i - X_j|``), ``"sqeuclidean"`` (``|X_i - X_j|^2``) or
+            ``"correlation"`` (``1 - rho_ij``, :func:`correlation_distance`: scale-free,
+            so a loud and a quiet neuron with the same pattern are close).
     Returns:
-        ``M: [n, k]`` float64, >= 0, divided by its maximum (all zeros stay zeros).
+        ``M: [n, k]`` float64, >= 0, divided by its maximum (all zeros stay zeros), so
+        the entropic regularisation is relative to the largest cost for every ``cost``.
     """
     if cost not in COSTS:
         raise ValueError(f"unknown cost {cost!r}; available: {', '.join(COSTS)}")
     C = cov.double()
-    diag = torch.diagonal(C)
-    sq = (diag[:, None] + diag[targets][None, :] - 2.0 * C[:, targets]).clamp_min(0.0)  # [n, k]
-    M = sq.sqrt() if cost == "l2" else sq
+    if cost == "correlation":
+        M = correlation_distance(C, targets)
+    else:
+        diag = torch.diagonal(C)
+        sq = (diag[:, None] + diag[targets][None, :] - 2.0 * C[:, targets]).clamp_min(0.0)  # [n, k]
+        M = sq.sqrt() if cost == "l2" else sq
     top = M.max()
     return M / top if top > 0 else M
 
@@ -139,9 +185,11 @@ class TransportResult:
     """A solved transport problem.
 
     Attributes:
-        plan: ``P: [n, k]`` (float64), row sums ``a``, column sums ``b``.
+        plan: ``P: [n, k]`` (float64), row sums ``a``, column sums ``b`` (mass-preserving:
+            ``a[J] + a(D) b``, see :func:`mass_preserving_plan`).
         iterations: Sinkhorn iterations used (0 for the exact solver).
-        marginal_error: ``max(|P 1 - a|_1, |P^T 1 - b|_1)`` of the returned plan.
+        marginal_error: ``max(|P 1 - a|_1, |P^T 1 - b|_1)`` of the returned plan (against
+            the column sums above).
         cost: transport cost ``<P, M>``.
     """
 
@@ -218,6 +266,65 @@ def solve_transport(
     return TransportResult(plan, iterations, err, float((plan * M).sum()))
 
 
+def mass_preserving_plan(
+    M: torch.Tensor,
+    a: torch.Tensor,
+    targets: torch.Tensor,
+    b: torch.Tensor,
+    reg: float,
+    max_iter: int = 1000,
+    tol: float = 1e-9,
+) -> TransportResult:
+    """Plan ``P: [n, k]`` in which every kept neuron keeps its own mass and only the dropped ones move.
+
+    Args:
+        M: cost ``[n, k]`` (row ``J_j`` is target ``j`` itself, ``M[J_j, j] = 0``).
+        a: ``[n]`` source marginal (sums to 1); targets: ``[k]`` kept indices ``J``.
+        b: ``[k]`` target marginal (sums to 1, > 0): the shape of the targets' extra capacity.
+        reg, max_iter, tol: as for :func:`solve_transport`.
+
+    With ``D`` the ``n - k`` dropped neurons and ``m = a(D) = sum_{i in D} a_i`` their mass:
+
+    * ``P[J_j, j] = a[J_j]`` and ``P[J_j, j'] = 0`` for ``j' != j`` -- each kept neuron's whole
+      share stays on itself (the balanced plan only guarantees ``P[J_j, j] <= a[J_j]``);
+    * ``P[D] = m * P_D`` with ``P_D`` the (entropic or exact) plan from the dropped neurons
+      (marginal ``a[D] / m``) to the targets (marginal ``b``), cost ``M[D]``;
+    * so rows sum to ``a`` and columns to ``a[J] + m b``.
+
+    In the merge map ``T = P diag(1 / P^T 1)`` the kept neuron's weight in its own merged
+    neuron is ``T[J_j, j] = a[J_j] / (a[J_j] + m b_j)``; for uniform ``a`` and ``b`` that is
+    exactly ``k/n``, the *upper bound* of the balanced plan's ``T[J_j, j]``, and (uniform
+    ``a``) it is the largest weight of column ``j``: ``T[i, j] <= a_i / (a[J_j] + m b_j) =
+    T[J_j, j]`` for every source ``i``. The rows ``J`` of ``T`` form a positive diagonal, so
+    ``T`` always has rank ``k``.
+    With ``k = n`` nothing is dropped and ``P = diag(a)`` (no solver call, exact for any ``reg``).
+    """
+    M, a, b = M.double(), a.double().to(M.device), b.double().to(M.device)
+    n, k = M.shape
+    J = torch.as_tensor(targets, device=M.device)
+    cols = torch.arange(k, device=M.device)
+    keep = torch.zeros(n, dtype=torch.bool, device=M.device)
+    keep[J] = True
+    D = torch.nonzero(~keep).squeeze(1)  # [n - k]
+    P = torch.zeros(n, k, dtype=torch.float64, device=M.device)
+    P[J, cols] = a[J]
+    mass = float(a[D].sum()) if D.numel() else 0.0
+    iterations = 0
+    if D.numel() and mass > 0:
+        sub = solve_transport(M[D], a[D] / mass, b, reg, max_iter, tol)
+        P[D] = mass * sub.plan
+        iterations = sub.iterations
+    col = a[J] + mass * b
+    err = max(float((P.sum(1) - a).abs().sum()), float((P.sum(0) - col).abs().sum()))
+    return TransportResult(P, iterations, err, float((P * M).sum()))
+
+
+def self_weights(T: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[k]``: ``T[J_j, j]``, each kept neuron's averaging weight in its own merged neuron."""
+    J = torch.as_tensor(targets, device=T.device)
+    return T[J, torch.arange(T.shape[1], device=T.device)]
+
+
 def merge_map(plan: torch.Tensor) -> torch.Tensor:
     """``T = P diag(1 / P^T 1)``: column ``j`` holds the averaging weights of merged neuron ``j``."""
     col = plan.sum(0)
@@ -267,22 +374,32 @@ def dot_basis(
     max_iter: int = 1000,
     tol: float = 1e-9,
     seed: int = 0,
+    transport: str = "balanced",
 ) -> MergeBasis:
     """The whole transport step: targets, cost, plan, merge map, orthonormal factor.
 
     Args:
         cov: ``[n, n]`` uncentred second moment of the activations (float64).
         k: kept width.
+        transport: ``"balanced"`` (every neuron, kept or not, is transported with
+            marginals ``a``, ``b``: :func:`solve_transport`) or ``"mass-preserving"``
+            (kept neurons stay on themselves, only the dropped ones are transported,
+            the targets' extra capacity shaped like ``b``: :func:`mass_preserving_plan`).
     Returns:
         :class:`MergeBasis` with ``Q: [n, k]`` (float64, orthonormal columns).
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; available: {', '.join(TRANSPORTS)}")
     C = cov.double()
     n = C.shape[0]
     J = select_targets(C, k, targets, seed).to(C.device)
     M = pairwise_cost(C, J, cost)  # [n, k]
     a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=C.device)
     b = target_marginal(M, marginal)
-    result = solve_transport(M, a, b, reg, max_iter, tol)
+    if transport == "mass-preserving":
+        result = mass_preserving_plan(M, a, J, b, reg, max_iter, tol)
+    else:
+        result = solve_transport(M, a, b, reg, max_iter, tol)
     T = merge_map(result.plan)
     return MergeBasis(orthonormal_factor(T), T, J, result)
 
@@ -292,12 +409,17 @@ __all__ = [
     "MergeBasis",
     "TARGET_INITS",
     "TARGET_MARGINALS",
+    "TRANSPORTS",
     "TransportResult",
+    "centred_second_moment",
+    "correlation_distance",
     "dot_basis",
+    "mass_preserving_plan",
     "merge_map",
     "orthonormal_factor",
     "pairwise_cost",
     "select_targets",
+    "self_weights",
     "sinkhorn_log",
     "solve_transport",
     "target_marginal",
