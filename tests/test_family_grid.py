@@ -189,3 +189,35 @@ def test_adding_a_family_doc_shows_the_real_family_file() -> None:
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "ADAPTER" in b]
     assert block == (root / "src" / "slimformer" / "arch" / "families" / "arcee.py").read_text()
     assert "arcee" in FAMILIES
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_moe_experts_are_pruned_one_by_one_and_save_in_the_family_layout(family: str, tmp_path: Path) -> None:
+    """FASP prunes every expert (and Qwen2-MoE's shared expert) with its own statistics: the same kept
+    count per layer, different kept channels; the router is untouched; a uniform MLP-only result saves
+    as a plain model with the family's 3-D ``gate_up_proj`` / ``down_proj`` tensors."""
+    from safetensors import safe_open
+
+    x, calib = grid.ids(), grid.ids(8, 24, seed=2)
+    dense = grid.build(family)
+    router = dense.model.layers[0].mlp.gate.weight.detach().clone()
+    experts = dense.model.layers[0].mlp.experts.gate_up_proj.detach().clone()  # [E, 2I, d]
+    result = sf.compress(dense, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
+    kept = result.report["kept"][0]["mlp_units"]
+    n_experts = experts.shape[0]
+    assert len(kept) == n_experts + (family == "qwen2_moe") and len(set(kept[:n_experts])) == 1
+    layer = result.model.model.layers[0].mlp
+    assert torch.equal(layer.gate.weight, router)  # the router reads the residual stream: unchanged
+    inter = experts.shape[1] // 2
+    chosen = []
+    for e in range(n_experts):  # which original gate rows each expert kept
+        w = layer.experts[e].gate_proj.weight
+        rows = [int((experts[e, :inter] - r).abs().sum(1).argmin()) for r in w]
+        chosen.append(tuple(rows))
+    assert len(set(chosen)) > 1, "every expert kept the same channels: not pruned one by one"
+    out = Path(result.save(tmp_path / "plain"))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert tuple(f.get_slice("model.layers.0.mlp.experts.gate_up_proj").get_shape()) == (
+            n_experts, 2 * kept[0], grid.HIDDEN)
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()  # the family's own class, no remote code
+    assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL

@@ -125,10 +125,9 @@ def compress(
     if reason is not None:
         raise UnsupportedModelError(reason)
     blocks = block_source(model, adapter)
-    if blocks.offloaded and adapter.unfuse:
-        raise UnsupportedModelError(f"{adapter.name} has fused projections ({', '.join(p for p, _ in adapter.unfuse)}), "
-                                    "which offloaded compression does not split yet: load the model and compress it "
-                                    "in memory")
+    if blocks.offloaded and (adapter.unfuse or adapter.experts):
+        raise UnsupportedModelError(f"{adapter.name} holds fused projections or 3-D expert tensors, which offloaded "
+                                    "compression does not split yet: load the model and compress it in memory")
     split_projections(model, adapter)  # Phi-3: fused qkv / gate_up held as their parts (exact)
     if blocks.offloaded and not spec.offload:
         raise ValueError(f"method {spec.name} needs every block in memory at once; it cannot run offloaded. "

@@ -10,7 +10,7 @@ the ``*ForCausalLM`` model (model-level paths) or to one decoder block
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal
 
 from torch import nn
@@ -78,6 +78,14 @@ class ArchAdapter:
             separate linears (exact: the parts' outputs are concatenated), so q/k/v paths are
             ``self_attn.qkv_proj.q_proj`` etc.; a plain save writes the fused tensors back.
         split_sizes: ``config -> {path: output rows of each part}`` for ``unfuse``.
+        experts: block-level path of a mixture-of-experts block's experts module (3-D
+            ``gate_up_proj`` / ``down_proj`` tensors: Mixtral, Qwen2/3-MoE, OLMoE); before a method
+            runs it becomes an :class:`~slimformer.runtime.modeling_slimformer.ExpertList` of
+            separate expert MLPs (exact). ``gate``/``up``/``down`` then name expert 0's linears.
+        router: block-level path of the MoE router (``weight: [E, d]`` reads the normalised stream).
+        shared_expert / shared_expert_gate: Qwen2-MoE's always-on expert (an MLP with
+            ``gate_proj``/``up_proj``/``down_proj``) and its sigmoid gate (a ``[1, d]`` reader);
+            ``shared_expert_width_config_attr`` names the config field of its width (plain saves).
         tiny: the family's smallest test configuration: ``{"config_class": "LlamaConfig",
             **kwargs}`` with ``vocab_size``/``hidden_size``/layer count left to the test grid
             (``tests/test_family_grid.py`` builds every registered family from it).
@@ -115,6 +123,11 @@ class ArchAdapter:
     residual_multiplier: str | None = None
     rope_layout: Literal["half", "interleaved"] = "half"
     unfuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    experts: str | None = None
+    router: str | None = None
+    shared_expert: str | None = None
+    shared_expert_gate: str | None = None
+    shared_expert_width_config_attr: str | None = None
     split_sizes: Callable[[Any], dict[str, tuple[int, ...]]] | None = field(default=None, compare=False)
     tiny: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     validate: Callable[[Any], None] | None = field(default=None, compare=False)
@@ -134,15 +147,68 @@ class ArchAdapter:
         """Block-level names of the sublayer-output norms (Gemma 2/3), if any."""
         return tuple(n for n in (self.attn_post_norm, self.mlp_post_norm) if n is not None)
 
+    @property
+    def moe_block(self) -> str | None:
+        """Block-level path of the mixture-of-experts module (the parent of ``experts``)."""
+        return None if self.experts is None else self.experts.rpartition(".")[0]
+
+    def mlp_units(self, block: nn.Module) -> tuple["ArchAdapter", ...]:
+        """The MLPs of ``block`` as adapters whose ``gate``/``up``/``down`` name one MLP each: the
+        adapter itself for a dense block; every expert, then the shared expert, for a MoE block
+        (pruning methods prune each unit's channels with that unit's own statistics)."""
+        if self.experts is None:
+            return (self,)
+        none = dict(experts=None, router=None, shared_expert=None, shared_expert_gate=None)
+        units = [replace(self, gate=f"{self.experts}.{e}.gate_proj", up=f"{self.experts}.{e}.up_proj",
+                         down=f"{self.experts}.{e}.down_proj", **none)
+                 for e in range(get_module(block, self.experts).num_experts)]
+        if self.shared_expert:
+            s = self.shared_expert
+            units.append(replace(self, gate=f"{s}.gate_proj", up=f"{s}.up_proj", down=f"{s}.down_proj", **none))
+        return tuple(units)
+
+    def mlp_reader_paths(self, block: nn.Module) -> tuple[str, ...]:
+        """Block-level paths of everything that reads the MLP norm's output: the MLP's first
+        linears, or a MoE block's router, every expert's gate/up and the shared expert."""
+        if self.experts is None:
+            return self.mlp_readers
+        paths = [self.router] if self.router else []
+        for e in range(get_module(block, self.experts).num_experts):
+            paths += [f"{self.experts}.{e}.gate_proj", f"{self.experts}.{e}.up_proj"]
+        if self.shared_expert:
+            paths += [f"{self.shared_expert}.gate_proj", f"{self.shared_expert}.up_proj"]
+        if self.shared_expert_gate:
+            paths.append(self.shared_expert_gate)
+        return tuple(paths)
+
+    def mlp_writer_paths(self, block: nn.Module) -> tuple[str, ...]:
+        """Block-level paths of the MLP's residual writers (every expert's and the shared expert's down)."""
+        if self.experts is None:
+            return (self.down,)
+        paths = [f"{self.experts}.{e}.down_proj" for e in range(get_module(block, self.experts).num_experts)]
+        if self.shared_expert:
+            paths.append(f"{self.shared_expert}.down_proj")
+        return tuple(paths)
+
+    def writer_paths(self, block: nn.Module) -> tuple[str, ...]:
+        """Every linear of ``block`` that writes into the residual stream."""
+        return (self.o,) + self.mlp_writer_paths(block)
+
     def refusal(self, touches: frozenset[str], method: str) -> str | None:
         """Why ``method``, which changes the structures in ``touches``, cannot run exactly on
         this family (``None``: it can). Structures: ``residual`` (rotates or selects residual
-        channels), ``heads``, ``mlp``, ``qk`` (cuts q/k head dims)."""
+        channels), ``heads``, ``mlp``, ``qk`` (cuts q/k head dims); ``experts`` marks a method that
+        prunes a MoE block's experts one by one (:meth:`mlp_units`)."""
         if "residual" in touches and self.post_norms:
             return (f"{method} changes the residual stream (rotation or channel selection), which must pass "
                     f"through pre-norms only; {self.name} normalises each sublayer's output "
                     f"({', '.join(self.post_norms)}): use fasp, magnitude, wanda-sp, prunenet, modegpt or "
                     "dotresize --where mlp (heads / MLP channels)")
+        if self.experts is not None and touches - {"residual", "experts"} and "experts" not in touches:
+            return (f"{method} prunes inside the blocks ({', '.join(sorted(touches - {'residual'}))}) but not "
+                    f"expert by expert, which {self.name}'s mixture-of-experts blocks need: use fasp, magnitude, "
+                    "wanda-sp or random (each expert pruned with its own statistics), or slicegpt / dotresize "
+                    "(the residual stream rotated through the router and every expert)")
         if "qk" in touches and self.head_norms:
             return (f"{method}: {self.name} has per-head q/k norms over the head dim, so q/k head dims cannot "
                     "be cut exactly; use --modules mlp,vo")

@@ -59,8 +59,9 @@ class LayerPruner(Protocol):
         """Prune the attention of ``block`` given ``G_o: [n_heads * v_hd]^2`` (``None``
         without data); return the kept o input columns in their new order, or ``None`` if unchanged."""
 
-    def mlp(self, layer: int, block: nn.Module, gram: torch.Tensor | None) -> None:
-        """Prune the MLP of ``block`` given ``G_down: [I, I]`` (``None`` without data)."""
+    def mlp(self, layer: int, block: nn.Module, gram: torch.Tensor | None, unit: int = 0) -> None:
+        """Prune the MLP of ``block`` given ``G_down: [I, I]`` (``None`` without data); in a MoE block,
+        called once per expert ``unit`` (:meth:`slimformer.arch.ArchAdapter.mlp_units`)."""
 
 
 def gram_capture_hook(acc: Covariance, store: list[Any] | None, put: Callable[[torch.Tensor], Any]) -> Callable[..., None]:
@@ -78,6 +79,15 @@ def block_view(block: nn.Module, adapter: ArchAdapter, config: Any) -> SlimBlock
     """A SlimBlock sharing ``block``'s submodules (for calling attention / MLP separately)."""
     modules = {name: get_module(block, name) for name in adapter.block_module_names()}
     return SlimBlock(adapter.block_layout(config), modules)
+
+
+def _unit_gram(acc: Covariance) -> torch.Tensor:
+    """An expert's Gram; one that no calibration token reached is scored as if its inputs were
+    isotropic (identity Gram: weight-norm scores, restoration = plain column selection)."""
+    if acc.count > 0:
+        return acc.value()
+    n = acc.value().shape[0]
+    return torch.eye(n, dtype=torch.float64)
 
 
 def _o_out(o: nn.Linear, a: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
@@ -138,17 +148,24 @@ class _GramPrunePass:
             mids.append(inp.put(x.to(dev) + view.attn_out(_o_out(o, cache[b].to(dev), cols))))  # [b, t, d_mid]
             cache[b] = None  # type: ignore[call-overload]
             inp.hidden[b] = None  # type: ignore[assignment]
-        acc_d = Covariance(down.in_features, self.gram_dtype)
-        handle = down.register_forward_pre_hook(gram_capture_hook(acc_d, None, inp.put))
+        downs = [get_module(block, u.down) for u in ad.mlp_units(block)]  # one MLP, or every expert
+        accs = [Covariance(dn.in_features, self.gram_dtype) for dn in downs]
+        handles = [dn.register_forward_pre_hook(gram_capture_hook(acc, None, inp.put)) for dn, acc in zip(downs, accs)]
         try:
             for h in mids:
                 view._mlp(view.mlp_in(h.to(dev)))
         finally:
-            handle.remove()
-        acc_d.all_reduce()
+            for handle in handles:
+                handle.remove()
+        for acc in accs:
+            acc.all_reduce()
         if hasattr(pruner, "tokens"):
-            pruner.tokens = acc_d.count
-        pruner.mlp(li, block, acc_d.value())
+            pruner.tokens = accs[0].count
+        if ad.experts is None:
+            pruner.mlp(li, block, accs[0].value())
+        else:
+            for u, acc in enumerate(accs):
+                pruner.mlp(li, block, _unit_gram(acc), u)
         for b, h in enumerate(mids):
             h = h.to(dev)
             inp.hidden[b] = inp.put(h + view.mlp_branch(h))  # [b, t, d_out]
@@ -216,7 +233,11 @@ def prune_layerwise(
         with blocks.block(li, device) as block:
             if run is None:
                 pruner.attention(li, block, None)
-                pruner.mlp(li, block, None)
+                if adapter.experts is None:
+                    pruner.mlp(li, block, None)
+                else:
+                    for u in range(len(adapter.mlp_units(block))):
+                        pruner.mlp(li, block, None, u)
             elif adapter.parallel:
                 run.parallel(li, block, pruner)
             else:

@@ -80,7 +80,7 @@ def fold_norm_into_readers(norm: nn.Module, root: nn.Module, reader_paths: list[
         if b is not None and bool(b.abs().max() > 0):
             lin = _with_bias(root, path)
         W = lin.weight.double()  # [out, d]
-        if b is not None and lin.bias is not None:
+        if b is not None and getattr(lin, "bias", None) is not None:
             lin.bias.copy_((lin.bias.double() + W @ b).to(lin.bias.dtype))
         if w is not None:
             lin.weight.copy_((W * w[None, :]).to(lin.weight.dtype))
@@ -226,11 +226,11 @@ def to_plain_rmsnorm_model(
         if not isinstance(block, SlimBlock) or block.attn_shortcut is not None or block.mlp_shortcut is not None:
             raise ValueError(f"block {i} is not a slim block without shortcuts: not a shared-basis model")
         widths = {get_module(block, p).in_features for p in [*adapter.attn_readers, *adapter.mlp_readers]}
-        widths |= {get_module(block, p).out_features for p in (adapter.o, adapter.down)}
+        widths |= {get_module(block, p).out_features for p in adapter.writer_paths(block)}
         if widths != {w}:
             raise ValueError(f"block {i} has residual widths {sorted(widths)}, expected {w} everywhere")
-    if adapter.norm_kind != "rms" or adapter.parallel:
-        raise ValueError(f"{adapter.name} is not a sequential RMSNorm family")
+    if adapter.norm_kind != "rms" or adapter.parallel or adapter.experts is not None:
+        raise ValueError(f"{adapter.name} is not a sequential RMSNorm family with dense MLPs")
     if abs(float(getattr(cfg, "rms_norm_eps", eps)) - eps) > 1e-12 * max(1.0, eps):
         raise ValueError(f"the norms' eps {eps} differs from config.rms_norm_eps {cfg.rms_norm_eps}")
     head_dim = int(getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads)
@@ -238,7 +238,7 @@ def to_plain_rmsnorm_model(
     s = math.sqrt(d / w)
     emb.weight.mul_(c)
     for block in layers:
-        for path in (adapter.o, adapter.down):
+        for path in adapter.writer_paths(block):
             lin = get_module(block, path)
             lin.weight.mul_(c)
             if lin.bias is not None:
@@ -299,7 +299,7 @@ def scale_writers(block: nn.Module, adapter: ArchAdapter, scale: float) -> None:
     """Multiply the block's residual writers (weight and bias) by ``scale`` (in float64)."""
     if scale == 1.0:
         return
-    for path in adapter.writers:
+    for path in adapter.writer_paths(block):
         lin = get_module(block, path)
         lin.weight.copy_((lin.weight.double() * scale).to(lin.weight.dtype))
         if lin.bias is not None:
@@ -313,17 +313,17 @@ def fuse_block(block: nn.Module, adapter: ArchAdapter, config: Any) -> SlimBlock
     d = config.hidden_size
     _check_fusable(adapter)
     if adapter.norm_kind == "layer":
-        for path in adapter.writers:
+        for path in adapter.writer_paths(block):
             center_writer(get_module(block, path))
     if adapter.residual_multiplier is not None:  # Granite: x + s * writer(...) == x + (s W) (...) + s b
         scale_writers(block, adapter, float(getattr(block, adapter.residual_multiplier)))
     attn_readers = list(adapter.attn_readers)
     if adapter.parallel:
-        attn_readers += list(adapter.mlp_readers)
+        attn_readers += list(adapter.mlp_reader_paths(block))
     fold_norm_into_readers(get_module(block, adapter.attn_norm), block, attn_readers, adapter.norm_offset)
     _replace_norm(block, adapter.attn_norm, d, adapter.norm_eps)
     if adapter.mlp_norm is not None:
-        fold_norm_into_readers(get_module(block, adapter.mlp_norm), block, list(adapter.mlp_readers),
+        fold_norm_into_readers(get_module(block, adapter.mlp_norm), block, list(adapter.mlp_reader_paths(block)),
                                adapter.norm_offset)
         _replace_norm(block, adapter.mlp_norm, d, adapter.norm_eps)
     modules = {name: get_module(block, name) for name in adapter.block_module_names()}

@@ -145,7 +145,7 @@ class ResidualWidths:
 def _gains_bias(lin: nn.Linear, norm: nn.Module) -> bool:
     """True when fusing ``norm`` into reader ``lin`` adds a bias (same test as ``fold_norm_into_readers``)."""
     b = getattr(norm, "bias", None)
-    return lin.bias is None and b is not None and bool(b.abs().max() > 0)
+    return getattr(lin, "bias", None) is None and b is not None and bool(b.abs().max() > 0)
 
 
 class _Counter:
@@ -156,7 +156,7 @@ class _Counter:
         self.extra = 0  # tensors that do not exist in the dense model
 
     def reader(self, lin: nn.Linear, width: int, norm: nn.Module) -> None:
-        self.new[id(lin.weight)] = lin.out_features * width
+        self.new[id(lin.weight)] = lin.weight.shape[0] * width  # (a MoE router is no nn.Linear)
         if _gains_bias(lin, norm):
             self.extra += lin.out_features
 
@@ -238,7 +238,7 @@ def compressed_param_count(
         for path in adapter.attn_readers:
             c.reader(get_module(block, path), w_in, attn_norm)
         if adapter.parallel:
-            for path in adapter.mlp_readers:
+            for path in adapter.mlp_reader_paths(block):
                 c.reader(get_module(block, path), w_in, attn_norm)
             c.writer(get_module(block, adapter.o), w_out)
             if not shared_basis:
@@ -247,7 +247,7 @@ def compressed_param_count(
             if w_mid is None:
                 raise ValueError(f"block {i} is sequential but widths.mid[{i}] is None")
             mlp_norm = get_module(block, adapter.mlp_norm)
-            for path in adapter.mlp_readers:
+            for path in adapter.mlp_reader_paths(block):
                 c.reader(get_module(block, path), w_mid, mlp_norm)
             c.writer(get_module(block, adapter.o), w_mid)
             if shared_basis:  # plain RMSNorm of width w_mid again, no shortcuts (one basis)
@@ -255,7 +255,8 @@ def compressed_param_count(
             else:
                 c.drop(mlp_norm)
                 c.extra += w_in * w_mid + w_mid * w_out  # attention and MLP shortcuts
-        c.writer(get_module(block, adapter.down), w_out)
+        for path in adapter.mlp_writer_paths(block):
+            c.writer(get_module(block, path), w_out)
         if shared_basis:
             c.resize(attn_norm, w_in)
         else:

@@ -184,8 +184,16 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         head_bias=head.bias is not None,
         layout=adapter.block_layout(model.config),
         blocks=blocks,
-        unfused=[{"path": path, "parts": list(parts)} for path, parts in adapter.unfuse] or None,
+        unfused=unfused_specs(first, adapter),
     )
+
+
+def unfused_specs(block: nn.Module, adapter: ArchAdapter) -> list[dict[str, Any]] | None:
+    """The plan's ``unfused``: fused projections held as parts, 3-D experts held as an ExpertList."""
+    specs: list[dict[str, Any]] = [{"path": path, "parts": list(parts)} for path, parts in adapter.unfuse]
+    if adapter.experts is not None:
+        specs.append({"path": adapter.moe_block, "experts": int(get_module(block, adapter.experts).num_experts)})
+    return specs or None
 
 
 def channel_sets(block: nn.Module, adapter: ArchAdapter) -> dict[str, list[int] | None]:

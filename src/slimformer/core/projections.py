@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter
-from ..runtime.modeling_slimformer import FusedLinear, split_linear
+from ..runtime.modeling_slimformer import ExpertList, FusedLinear, split_experts, split_linear
 
 logger = logging.getLogger("slimformer.core.projections")
 
@@ -25,7 +25,7 @@ def split_projections(model: nn.Module, adapter: ArchAdapter, layers: Any = None
     """Hold every fused projection of ``model`` (or of the given ``layers``) as parts, in place.
 
     Returns the number of linears split (0 when already split or the family fuses nothing)."""
-    if not adapter.unfuse:
+    if not adapter.unfuse and adapter.experts is None:
         return 0
     sizes = adapter.split_sizes(model.config) if adapter.split_sizes is not None else {}
     count = 0
@@ -34,6 +34,9 @@ def split_projections(model: nn.Module, adapter: ArchAdapter, layers: Any = None
             if not isinstance(block.get_submodule(path), FusedLinear):
                 split_linear(block, path, list(parts), list(sizes[path]))
                 count += 1
+        if adapter.experts is not None and not isinstance(block.get_submodule(adapter.experts), ExpertList):
+            split_experts(block, adapter.moe_block)
+            count += 1
     if count:
         logger.info("%s: holding %d fused projections as their parts", adapter.name, count)
     return count
@@ -41,10 +44,14 @@ def split_projections(model: nn.Module, adapter: ArchAdapter, layers: Any = None
 
 def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: int) -> dict[str, torch.Tensor]:
     """The state dict with each split projection's parts concatenated back into the original key
-    (``...qkv_proj.q_proj.weight`` + ``k_proj`` + ``v_proj`` -> ``...qkv_proj.weight``)."""
-    if not adapter.unfuse:
+    (``...qkv_proj.q_proj.weight`` + ``k_proj`` + ``v_proj`` -> ``...qkv_proj.weight``) and each
+    ExpertList stacked back into the family's 3-D ``gate_up_proj`` / ``down_proj`` tensors."""
+    if not adapter.unfuse and adapter.experts is None:
         return state
     out = dict(state)
+    if adapter.experts is not None:
+        for i in range(n_layers):
+            _stack_experts(out, f"{adapter.layers}.{i}.{adapter.experts}")
     for i in range(n_layers):
         for path, parts in adapter.unfuse:
             base = f"{adapter.layers}.{i}.{path}"
@@ -55,6 +62,22 @@ def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: i
                 elif any(k in out for k in keys):
                     raise ValueError(f"{base}: some parts have a {kind} and some do not; cannot fuse them back")
     return out
+
+
+def _stack_experts(state: dict[str, torch.Tensor], base: str) -> None:
+    """``base.{e}.{gate,up,down}_proj.weight`` -> ``base.gate_up_proj [E, 2I, d]``, ``base.down_proj [E, d, I]``."""
+    n = 0
+    while f"{base}.{n}.down_proj.weight" in state:
+        n += 1
+    if n == 0:
+        return
+    gate_up = [torch.cat([state.pop(f"{base}.{e}.gate_proj.weight"), state.pop(f"{base}.{e}.up_proj.weight")])
+               for e in range(n)]
+    down = [state.pop(f"{base}.{e}.down_proj.weight") for e in range(n)]
+    if len({t.shape for t in gate_up}) != 1 or len({t.shape for t in down}) != 1:
+        raise ValueError(f"{base}: experts of different widths cannot be stacked into one tensor")
+    state[f"{base}.gate_up_proj"] = torch.stack(gate_up)
+    state[f"{base}.down_proj"] = torch.stack(down)
 
 
 __all__ = ["fuse_state", "split_projections"]

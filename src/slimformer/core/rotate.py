@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..runtime.modeling_slimformer import SlimRMSNorm, make_shortcut
+from ..runtime.modeling_slimformer import SlimRMSNorm, make_shortcut, set_router_width
 
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
@@ -30,7 +30,10 @@ def rotate_reader(lin: nn.Linear, Q: torch.Tensor) -> None:
     dt = _work_dtype(W)
     new = W.to(dt) @ Q.to(device=W.device, dtype=dt)
     lin.weight = nn.Parameter(new.to(W.dtype), requires_grad=W.requires_grad)
-    lin.in_features = new.shape[1]
+    if isinstance(lin, nn.Linear):
+        lin.in_features = new.shape[1]
+    else:  # a MoE router ([E, d] weight; reshapes its input with hidden_dim)
+        set_router_width(lin)
 
 
 @torch.no_grad()
@@ -103,7 +106,7 @@ def apply_embedding_basis(model: nn.Module, adapter: ArchAdapter, Q: torch.Tenso
 def apply_block_input_basis(block: nn.Module, adapter: ArchAdapter, Q_in: torch.Tensor) -> None:
     """Block input arrives in basis ``Q_in: [d, k_in]``: rotate the attention readers
     (and, in a parallel block, the MLP readers)."""
-    readers = list(adapter.attn_readers) + (list(adapter.mlp_readers) if adapter.parallel else [])
+    readers = list(adapter.attn_readers) + (list(adapter.mlp_reader_paths(block)) if adapter.parallel else [])
     for path in readers:
         rotate_reader(get_module(block, path), Q_in)
     set_norm_width(get_module(block, adapter.attn_norm), Q_in.shape[1])
@@ -113,7 +116,7 @@ def apply_block_mid_basis(block: nn.Module, adapter: ArchAdapter, Q_in: torch.Te
     """Sequential blocks: attention writes, and the MLP reads, in basis ``Q_mid: [d, k_mid]``."""
     rotate_writer(get_module(block, adapter.o), Q_mid)
     block.attn_shortcut = shortcut_between(Q_in, Q_mid, get_module(block, adapter.o).weight)
-    for path in adapter.mlp_readers:
+    for path in adapter.mlp_reader_paths(block):
         rotate_reader(get_module(block, path), Q_mid)
     set_norm_width(get_module(block, adapter.mlp_norm), Q_mid.shape[1])
 
@@ -126,8 +129,9 @@ def apply_block_output_basis(
     ``Q_prev`` is the basis of the residual entering the last residual add:
     ``Q_mid`` for sequential blocks, ``Q_in`` for parallel ones.
     """
-    like = get_module(block, adapter.down).weight
-    rotate_writer(get_module(block, adapter.down), Q_out)
+    like = get_module(block, adapter.o).weight
+    for path in adapter.mlp_writer_paths(block):
+        rotate_writer(get_module(block, path), Q_out)
     if adapter.parallel:
         rotate_writer(get_module(block, adapter.o), Q_out)
         block.attn_shortcut = shortcut_between(Q_prev, Q_out, like)

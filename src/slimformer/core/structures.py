@@ -140,20 +140,29 @@ class LayerCounts:
     """How many groups of each kind a layer keeps.
 
     ``mlp``: MLP channels; ``v``: value channels per kv head (``None`` = unchanged);
-    ``heads``: kv head groups (``None`` = unchanged).
+    ``heads``: kv head groups (``None`` = unchanged); ``mlp_units``: MoE blocks: the channels
+    each MLP unit keeps (every expert, then the shared expert; ``None`` for dense blocks, where
+    ``mlp`` is the one MLP's count).
     """
 
     mlp: int
     v: int | None = None
     heads: int | None = None
+    mlp_units: tuple[int, ...] | None = None
+
+    def unit(self, u: int) -> int:
+        """Kept channels of MLP unit ``u`` (:meth:`slimformer.arch.ArchAdapter.mlp_units`)."""
+        return self.mlp if self.mlp_units is None else self.mlp_units[u]
 
 
 def removed_params(block: nn.Module, adapter: ArchAdapter, config: Any, counts: LayerCounts) -> int:
     """Exact number of parameters pruning ``block`` to ``counts`` deletes."""
     shape = attention_shape(block, adapter, config)
     sizes = group_sizes(block, adapter, shape)
-    width = get_module(block, adapter.down).in_features
-    removed = (width - counts.mlp) * sizes.mlp_channel
+    removed = 0
+    for u, unit in enumerate(adapter.mlp_units(block)):
+        width = get_module(block, unit.down).in_features
+        removed += (width - counts.unit(u)) * group_sizes(block, unit, shape).mlp_channel
     if counts.v is not None:
         removed += shape.n_kv_heads * (shape.v_head_dim - counts.v) * sizes.v_channel
     if counts.heads is not None:

@@ -66,6 +66,12 @@ def plain_config_changes(model: nn.Module) -> dict[str, Any]:
     if blockers:
         raise PlainExportError(f"a plain config cannot express this model: {blockers[0]}")
     changes: dict[str, Any] = {adapter.mlp_width_config_attr: plan["blocks"][0]["mlp_width"]}
+    if adapter.shared_expert is not None:  # Qwen2-MoE: the shared expert's width is a config field of its own
+        widths = {b.get_submodule(f"{adapter.shared_expert}.up_proj").out_features for b in adapter.get_layers(model)}
+        if len(widths) != 1 or adapter.shared_expert_width_config_attr is None:
+            raise PlainExportError(f"a plain config cannot express this model: its shared experts have widths "
+                                   f"{sorted(widths)} and a config has one")
+        changes[adapter.shared_expert_width_config_attr] = widths.pop()
     heads = head_counts(plan, cfg)[0]
     if heads != base_head_counts(cfg):
         changes.update(num_attention_heads=heads[0], head_dim=base_head_dim(cfg))

@@ -448,13 +448,129 @@ def split_linear(root: nn.Module, path: str, parts: list[str], sizes: list[int])
     return fused
 
 
+class ExpertMLP(nn.Module):
+    """One expert of a mixture-of-experts block: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, gate_proj: nn.Linear, up_proj: nn.Linear, down_proj: nn.Linear, act: nn.Module) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
+        self._act = (act,)  # shared with the other experts; not a child (no state-dict entry)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self._act[0](self.gate_proj(x)) * self.up_proj(x))
+
+
+class ExpertList(nn.Module):
+    """The experts of a MoE block as separate :class:`ExpertMLP` modules (children ``"0"``, ``"1"``, ...).
+
+    Same call as the Hugging Face experts module that stores them as 3-D tensors (Mixtral,
+    Qwen2/3-MoE, OLMoE): ``forward(hidden_states [N, d_in], top_k_index [N, k], top_k_weights
+    [N, k]) -> [N, d_out]``, each token's output the routing-weighted sum of its experts'. Held
+    as separate linears, the experts can be rotated, sliced and pruned like any MLP.
+    """
+
+    def __init__(self, experts: list[ExpertMLP]) -> None:
+        super().__init__()
+        self.num_experts = len(experts)
+        for i, expert in enumerate(experts):
+            self.add_module(str(i), expert)
+
+    def expert(self, i: int) -> ExpertMLP:
+        return getattr(self, str(i))
+
+    def __getitem__(self, i: int) -> ExpertMLP:  # dotted paths ``mlp.experts.3.down_proj``
+        return self.expert(int(i))
+
+    def __len__(self) -> int:
+        return self.num_experts
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        out_width = self.expert(0).down_proj.out_features
+        out = hidden_states.new_zeros(hidden_states.shape[0], out_width)
+        for e in torch.unique(top_k_index).tolist():
+            if not 0 <= e < self.num_experts:
+                continue
+            token_idx, slot = torch.where(top_k_index == e)
+            y = self.expert(e)(hidden_states[token_idx]) * top_k_weights[token_idx, slot, None]
+            out.index_add_(0, token_idx, y.to(out.dtype))
+        return out
+
+
+class SparseMoE(nn.Module):
+    """A mixture-of-experts MLP whose output width may differ from its input width.
+
+    ``y = experts(x, top-k of gate(x)) [+ sigmoid(shared_expert_gate(x)) * shared_expert(x)]`` for
+    ``x: [b, t, d_in] -> y: [b, t, d_out]``: the routing of Mixtral, Qwen2/3-MoE and OLMoE (whose own
+    blocks reshape the output to the input's width, which a sliced residual stream does not keep).
+    The children keep the family's names (``gate``, ``experts``, ``shared_expert``,
+    ``shared_expert_gate``), so the checkpoint keys of the router and shared expert are unchanged.
+    """
+
+    def __init__(self, gate: nn.Module, experts: ExpertList, shared_expert: nn.Module | None = None,
+                 shared_expert_gate: nn.Module | None = None) -> None:
+        super().__init__()
+        self.gate, self.experts = gate, experts
+        self.shared_expert, self.shared_expert_gate = shared_expert, shared_expert_gate
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        lead = hidden_states.shape[:-1]
+        x = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, d_in]
+        _, weights, index = self.gate(x)
+        y = self.experts(x, index, weights)  # [N, d_out]
+        if self.shared_expert is not None:
+            shared = self.shared_expert(x)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+            y = y + shared
+        return y.reshape(*lead, y.shape[-1])
+
+
+def split_experts(root: nn.Module, path: str, count: int | None = None) -> SparseMoE:
+    """Replace the MoE block at ``path`` (router ``gate``; ``experts`` holding ``gate_up_proj: [E, 2I, d]``,
+    ``down_proj: [E, d, I]``, ``act_fn``; optional ``shared_expert`` / ``shared_expert_gate``) by a
+    :class:`SparseMoE` of the same function with an :class:`ExpertList` (weights copied; shaped on meta)."""
+    block = module_at(root, path)
+    if isinstance(block, SparseMoE):
+        return block
+    old = block.experts
+    gate_up, down = old.gate_up_proj, old.down_proj
+    n = gate_up.shape[0] if count is None else int(count)
+    inter, d = gate_up.shape[1] // 2, gate_up.shape[2]
+    experts = []
+    for e in range(n):
+        lins = [nn.Linear(d, inter, bias=False, device=gate_up.device, dtype=gate_up.dtype) for _ in range(2)]
+        lins.append(nn.Linear(inter, down.shape[1], bias=False, device=down.device, dtype=down.dtype))
+        if gate_up.device.type != "meta":
+            with torch.no_grad():
+                lins[0].weight.copy_(gate_up[e, :inter])
+                lins[1].weight.copy_(gate_up[e, inter:])
+                lins[2].weight.copy_(down[e])
+        experts.append(ExpertMLP(*lins, act=old.act_fn))
+    new = SparseMoE(block.gate, ExpertList(experts), getattr(block, "shared_expert", None),
+                    getattr(block, "shared_expert_gate", None))
+    set_module_at(root, path, new)
+    return new
+
+
+def set_router_width(router: nn.Module) -> None:
+    """A router that reshapes its input with ``hidden_dim`` reads the width of its weight ``[E, d]``."""
+    w = getattr(router, "weight", None)
+    if hasattr(router, "hidden_dim") and isinstance(w, torch.Tensor):
+        router.hidden_dim = int(w.shape[-1])
+
+
 def apply_unfused(model: nn.Module, plan: dict[str, Any]) -> None:
-    """Rebuild the plan's fused projections as FusedLinear (shapes follow the checkpoint later)."""
+    """Rebuild the plan's fused projections as FusedLinear and its 3-D experts as ExpertList
+    (shapes follow the checkpoint later)."""
     specs = plan.get("unfused") or []
     if not specs:
         return
     for layer in module_at(model, plan["paths"]["layers"]):
         for spec in specs:
+            if spec.get("experts") is not None:
+                split_experts(layer, spec["path"], spec["experts"])
+                continue
             lin = module_at(layer, spec["path"])
             n = len(spec["parts"])
             sizes = [lin.out_features // n] * (n - 1)
@@ -690,6 +806,11 @@ def _resize_to_checkpoint(model: nn.Module, shapes: dict[str, tuple[int, ...]]) 
             has_bias = f"{prefix}bias" in shapes
             if (out_f, in_f) != tuple(mod.weight.shape) or has_bias != (mod.bias is not None):
                 set_module_at(model, name, nn.Linear(in_f, out_f, bias=has_bias, device="meta", dtype=mod.weight.dtype))
+        elif key in shapes and isinstance(getattr(mod, "weight", None), nn.Parameter) and not isinstance(
+                mod, (nn.Embedding, nn.Linear)) and tuple(mod.weight.shape) != tuple(shapes[key]) \
+                and mod.weight.dim() == len(shapes[key]) == 2:  # a router's [E, d] weight
+            mod.weight = nn.Parameter(torch.empty(*shapes[key], device="meta", dtype=mod.weight.dtype))
+            set_router_width(mod)
         elif isinstance(mod, nn.Embedding) and key in shapes:
             num, dim = shapes[key]
             if (num, dim) != tuple(mod.weight.shape):

@@ -248,7 +248,8 @@ def validate_plan_schema(plan: dict[str, Any]) -> None:
 
 
 def _validate_unfused(specs: Any) -> None:
-    """``unfused`` (optional): fused projections held as parts, ``[{"path": ..., "parts": [...]}, ...]``."""
+    """``unfused`` (optional): fused projections held as parts, ``[{"path": ..., "parts": [...]}, ...]``,
+    and 3-D expert tensors held as an ExpertList, ``{"path": ..., "experts": E}``."""
     if specs is None:
         return
     if not isinstance(specs, list) or len(specs) > 8:
@@ -257,6 +258,11 @@ def _validate_unfused(specs: Any) -> None:
         where = f"plan.unfused[{i}]"
         if not isinstance(spec, dict):
             raise _bad(where, f"must be a JSON object, found {_short(spec)}")
+        if spec.get("experts") is not None:  # 3-D expert tensors held as an ExpertList
+            _require(where, spec, ("path", "experts"))
+            _module_path(f"{where}.path", spec["path"])
+            _int(f"{where}.experts", spec["experts"], 1, 4096)
+            continue
         _require(where, spec, ("path", "parts"))
         _module_path(f"{where}.path", spec["path"])
         parts = spec["parts"]

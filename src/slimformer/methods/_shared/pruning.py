@@ -110,7 +110,11 @@ def layer_counts(block: nn.Module, adapter: ArchAdapter, config: Any, fraction: 
     mlp = max(1, width_from_fraction(fraction, width, round_to, rounding))
     v = max(1, width_from_fraction(fraction, shape.v_head_dim, 1, rounding)) if attention == "channels" else None
     heads = max(1, width_from_fraction(fraction, shape.n_kv_heads, 1, rounding)) if attention == "heads" else None
-    return LayerCounts(mlp, v, heads)
+    units = None
+    if adapter.experts is not None:  # every expert (and the shared expert) keeps the same fraction
+        units = tuple(max(1, width_from_fraction(fraction, get_module(block, u.down).in_features, round_to, rounding))
+                      for u in adapter.mlp_units(block))
+    return LayerCounts(mlp, v, heads, units)
 
 
 def plan_counts(model: nn.Module, adapter: ArchAdapter, config: PruningConfig, schedule: Schedule,
@@ -167,16 +171,17 @@ class StructuredPruner:
         prune_block(block, ad, self.model.config, keep)
         return cols
 
-    def mlp(self, layer: int, block: nn.Module, gram: torch.Tensor | None) -> None:
-        ad = self.adapter
+    def mlp(self, layer: int, block: nn.Module, gram: torch.Tensor | None, unit: int = 0) -> None:
+        """Prune MLP ``unit`` of ``block`` (the MLP of a dense block; an expert of a MoE block)."""
+        ad = self.adapter.mlp_units(block)[unit]
         down = get_module(block, ad.down)
-        k = self.counts[layer].mlp
+        k = self.counts[layer].unit(unit)
         if k >= down.in_features:
             return
         keep = BlockKeep(mlp=top_k(self.scorer.mlp(layer, block, ad, gram), k).cpu())
         if gram is not None:
             keep.down_weight, err = _refit(down.weight, gram, keep.mlp, self.restore, self.damping)
-            self.errors[layer]["mlp"] = round(err, 6)
+            self.errors[layer]["mlp" if self.adapter.experts is None else f"mlp{unit}"] = round(err, 6)
         prune_block(block, ad, self.model.config, keep)
 
 

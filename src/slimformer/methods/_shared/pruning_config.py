@@ -76,8 +76,9 @@ class PruningConfig:
 
     def touches(self) -> frozenset[str]:
         """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): heads or value
-        channels and MLP channels, inside the blocks; never the residual stream."""
-        return frozenset({"heads", "mlp"})
+        channels and MLP channels, inside the blocks, never the residual stream; a MoE block's
+        experts one by one (``experts``)."""
+        return frozenset({"heads", "mlp", "experts"})
 
 
 PruningConfig.__doc__ = """Settings shared by every structured pruning method (not registered itself).

@@ -53,6 +53,10 @@ class PruneNetConfig(PruningConfig):
                                     "written next to a model compressed with --method prunenet)")
         self.prune_seed = check_int("prune_seed", self.prune_seed)
 
+    def touches(self) -> frozenset[str]:
+        """FFN channels (its policy reads one FFN weight matrix per layer: no per-expert policy)."""
+        return frozenset({"mlp"})
+
     @property
     def restores(self) -> bool:
         return False  # restoration would need calibration data
