@@ -221,3 +221,25 @@ def test_moe_experts_are_pruned_one_by_one_and_save_in_the_family_layout(family:
             n_experts, 2 * kept[0], grid.HIDDEN)
     plain = AutoModelForCausalLM.from_pretrained(out).eval()  # the family's own class, no remote code
     assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
+
+
+def test_gpt_neox_per_head_qkv_comes_back_in_its_layout(tmp_path: Path) -> None:
+    """GPT-NeoX's query_key_value rows are grouped per head (q, k, v of head 0, then head 1, ...):
+    held as parts while compressing, written back in that order by a plain save, which loads
+    without remote code; a layer-wise slicing saves with the runtime and reloads too."""
+    from safetensors import safe_open
+
+    x, calib = grid.ids(), grid.ids(8, 24, seed=2)
+    dense = grid.build("gpt_neox")
+    fused = dense.gpt_neox.layers[0].attention.query_key_value.weight.detach().clone()
+    result = sf.compress(dense, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
+    out = Path(result.save(tmp_path / "plain"))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("gpt_neox.layers.0.attention.query_key_value.weight"), fused)
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
+    sliced = sf.compress(grid.build("gpt_neox"), sf.SliceGPTConfig(target_params=0.2, schedule="layer-redundancy"),
+                         calib, progress=False)
+    out = Path(sliced.save(tmp_path / "remote"))
+    remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert (grid.logits(remote, x) - grid.logits(sliced.model, x)).abs().max().item() <= grid.RELOAD_TOL

@@ -40,8 +40,9 @@ class ArchAdapter:
         final_norm: model-level path of the norm before the head.
         norm_kind: ``"rms"`` (no centring needed) or ``"layer"`` (LayerNorm: the
             writers of the residual are mean-centred during fusion).
-        attn_norm / mlp_norm: block-level names of the norms (``mlp_norm=None``
-            for a parallel block where one norm feeds attention and MLP).
+        attn_norm / mlp_norm: block-level names of the pre-norms (``mlp_norm=None``
+            for a parallel block where one norm feeds attention and MLP; both ``None`` for
+            blocks that only normalise sublayer outputs: OLMo-2).
         attn: block-level name of the attention module.
         q, k, v, o: block-level paths of the attention projections.
         up, down: block-level paths of the MLP's first (reading) and last
@@ -62,7 +63,8 @@ class ArchAdapter:
         norm_eps: the epsilon of norms that do not store one (OLMo's weightless LayerNorm
             hard-codes 1e-5); ``None``: read from the module.
         wiring: ``"sequential"`` (``x + Attn(norm_a(x))`` then ``h + MLP(norm_m(h))``) or
-            ``"parallel"`` (``x + Attn(norm_a(x)) + MLP(norm_a(x))``, one norm: Phi-2, Cohere).
+            ``"parallel"`` (``x + Attn(norm_a(x)) + MLP(norm_m(x))``: one norm when ``mlp_norm``
+            is ``None`` (Phi-2, Cohere), two otherwise (GPT-NeoX)).
         attn_post_norm / mlp_post_norm: block-level names of norms applied to a sublayer's
             *output* before it joins the residual (Gemma 2/3 "sandwich" blocks). The residual
             stream then never passes through a pre-norm alone, so it cannot be rotated:
@@ -78,6 +80,10 @@ class ArchAdapter:
             separate linears (exact: the parts' outputs are concatenated), so q/k/v paths are
             ``self_attn.qkv_proj.q_proj`` etc.; a plain save writes the fused tensors back.
         split_sizes: ``config -> {path: output rows of each part}`` for ``unfuse``.
+        interleaved_qkv: paths of ``unfuse`` whose rows are grouped per head (GPT-NeoX's
+            ``query_key_value``: head 0's q, k, v rows, then head 1's, ...).
+        qk_norm_over_heads: q and k are normalised over all heads together (OLMo-2's
+            ``q_norm`` / ``k_norm`` over ``n_heads * head_dim``): heads cannot be removed exactly.
         experts: block-level path of a mixture-of-experts block's experts module (3-D
             ``gate_up_proj`` / ``down_proj`` tensors: Mixtral, Qwen2/3-MoE, OLMoE); before a method
             runs it becomes an :class:`~slimformer.runtime.modeling_slimformer.ExpertList` of
@@ -122,6 +128,8 @@ class ArchAdapter:
     mlp_post_norm: str | None = None
     residual_multiplier: str | None = None
     rope_layout: Literal["half", "interleaved"] = "half"
+    qk_norm_over_heads: bool = False
+    interleaved_qkv: tuple[str, ...] = ()
     unfuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
     experts: str | None = None
     router: str | None = None
@@ -133,8 +141,10 @@ class ArchAdapter:
     validate: Callable[[Any], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if (self.wiring == "parallel") != (self.mlp_norm is None):
-            raise ValueError(f"adapter {self.name}: a parallel block has no mlp_norm and a sequential one has one")
+        if self.wiring == "sequential" and self.mlp_norm is None and self.attn_norm is not None:
+            raise ValueError(f"adapter {self.name}: a sequential block with an attention pre-norm needs mlp_norm")
+        if self.attn_norm is None and not self.post_norms:
+            raise ValueError(f"adapter {self.name}: a block without pre-norms must normalise sublayer outputs")
 
     # ----- derived, read-only views -------------------------------------------------
     @property
@@ -196,9 +206,10 @@ class ArchAdapter:
 
     def refusal(self, touches: frozenset[str], method: str) -> str | None:
         """Why ``method``, which changes the structures in ``touches``, cannot run exactly on
-        this family (``None``: it can). Structures: ``residual`` (rotates or selects residual
-        channels), ``heads``, ``mlp``, ``qk`` (cuts q/k head dims); ``experts`` marks a method that
-        prunes a MoE block's experts one by one (:meth:`mlp_units`)."""
+        this family (``None``: it can). Structures: ``residual`` (rotates the residual stream),
+        ``residual_channels`` (selects residual channels after the norms: DISP), ``heads`` (whole
+        heads), ``values`` (value dims), ``qk`` (q/k head dims), ``mlp``; ``experts`` marks a method
+        that prunes a MoE block's experts one by one (:meth:`mlp_units`)."""
         if "residual" in touches and self.post_norms:
             return (f"{method} changes the residual stream (rotation or channel selection), which must pass "
                     f"through pre-norms only; {self.name} normalises each sublayer's output "
@@ -209,6 +220,10 @@ class ArchAdapter:
                     f"expert by expert, which {self.name}'s mixture-of-experts blocks need: use fasp, magnitude, "
                     "wanda-sp or random (each expert pruned with its own statistics), or slicegpt / dotresize "
                     "(the residual stream rotated through the router and every expert)")
+        if touches & {"heads", "qk"} and self.qk_norm_over_heads:
+            return (f"{method}: {self.name} normalises q and k over all heads together, so removing heads or "
+                    "head dims changes the scale of the kept ones; prune value channels and MLP channels "
+                    "only (--attention channels or none; MoDeGPT: --modules mlp,vo)")
         if "qk" in touches and self.head_norms:
             return (f"{method}: {self.name} has per-head q/k norms over the head dim, so q/k head dims cannot "
                     "be cut exactly; use --modules mlp,vo")
@@ -232,6 +247,8 @@ class ArchAdapter:
     def block_layout(self, config: Any) -> dict[str, Any]:
         """The submodule layout a :class:`SlimBlock` needs (JSON-serialisable)."""
         lay: dict[str, Any] = {"attn_norm": self.attn_norm, "attn": self.attn, "mlp_norm": self.mlp_norm}
+        if self.parallel != (self.mlp_norm is None):  # written only where ``mlp_norm`` alone would mislead
+            lay["parallel"] = self.parallel
         if self.mlp is not None:
             lay["mlp"] = self.mlp
         else:
@@ -252,7 +269,7 @@ class ArchAdapter:
 
     def block_module_names(self) -> list[str]:
         """Top-level names of the block's submodules kept in a SlimBlock."""
-        names = [self.attn_norm, self.attn]
+        names = [self.attn_norm, self.attn] if self.attn_norm is not None else [self.attn]
         if self.mlp_norm is not None:
             names.append(self.mlp_norm)
         names += [self.mlp] if self.mlp is not None else [self.up, self.down]

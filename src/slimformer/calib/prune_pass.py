@@ -180,9 +180,9 @@ class _GramPrunePass:
                    down.register_forward_pre_hook(gram_capture_hook(acc_d, None, inp.put))]
         try:
             for x, kw in zip(inp.hidden, inp.kwargs):
-                n = view.attn_in(x.to(dev))
-                view._attn(n, kw)
-                view._mlp(n)
+                x = x.to(dev)
+                view._attn(view.attn_in(x), kw)
+                view._mlp(view.mlp_in(x))
         finally:
             for h in handles:
                 h.remove()

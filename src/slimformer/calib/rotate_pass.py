@@ -195,7 +195,10 @@ def normalized_stream_covariance(
                 acc.update(n)
                 h = x + block.attn_out(block._attn(n, kw))
                 if adapter.parallel:
-                    out = h + block.mlp_out(block._mlp(n))
+                    m = block.mlp_in(x)
+                    if adapter.mlp_norm is not None:
+                        acc.update(m)
+                    out = h + block.mlp_out(block._mlp(m))
                 else:
                     m = block.mlp_in(h)
                     acc.update(m)

@@ -318,7 +318,7 @@ def fuse_block(block: nn.Module, adapter: ArchAdapter, config: Any) -> SlimBlock
     if adapter.residual_multiplier is not None:  # Granite: x + s * writer(...) == x + (s W) (...) + s b
         scale_writers(block, adapter, float(getattr(block, adapter.residual_multiplier)))
     attn_readers = list(adapter.attn_readers)
-    if adapter.parallel:
+    if adapter.parallel and adapter.mlp_norm is None:  # one norm feeds attention and MLP
         attn_readers += list(adapter.mlp_reader_paths(block))
     fold_norm_into_readers(get_module(block, adapter.attn_norm), block, attn_readers, adapter.norm_offset)
     _replace_norm(block, adapter.attn_norm, d, adapter.norm_eps)

@@ -238,8 +238,11 @@ def compressed_param_count(
         for path in adapter.attn_readers:
             c.reader(get_module(block, path), w_in, attn_norm)
         if adapter.parallel:
+            mlp_norm = attn_norm if adapter.mlp_norm is None else get_module(block, adapter.mlp_norm)
             for path in adapter.mlp_reader_paths(block):
-                c.reader(get_module(block, path), w_in, attn_norm)
+                c.reader(get_module(block, path), w_in, mlp_norm)
+            if mlp_norm is not attn_norm:
+                c.drop(mlp_norm)
             c.writer(get_module(block, adapter.o), w_out)
             if not shared_basis:
                 c.extra += w_in * w_out  # the block's single shortcut

@@ -175,7 +175,8 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
         fused=is_slim(model, adapter),
         tied_head=head.weight is emb.weight,
         architecture=type(model).__name__,
-        norm_eps=norm_eps(get_module(first, adapter.attn_norm), adapter.norm_eps),
+        norm_eps=norm_eps(get_module(first, next(n for n in (adapter.attn_norm, adapter.mlp_norm,
+                                                               *adapter.post_norms) if n)), adapter.norm_eps),
         paths=adapter_paths(adapter),
         model_type=model.config.model_type,
         full_width=model.config.hidden_size,
@@ -191,6 +192,9 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
 def unfused_specs(block: nn.Module, adapter: ArchAdapter) -> list[dict[str, Any]] | None:
     """The plan's ``unfused``: fused projections held as parts, 3-D experts held as an ExpertList."""
     specs: list[dict[str, Any]] = [{"path": path, "parts": list(parts)} for path, parts in adapter.unfuse]
+    for spec in specs:
+        if spec["path"] in adapter.interleaved_qkv:
+            spec["head_dim"] = int(get_module(block, spec["path"]).head_dim)
     if adapter.experts is not None:
         specs.append({"path": adapter.moe_block, "experts": int(get_module(block, adapter.experts).num_experts)})
     return specs or None

@@ -32,7 +32,7 @@ def split_projections(model: nn.Module, adapter: ArchAdapter, layers: Any = None
     for block in adapter.get_layers(model) if layers is None else layers:
         for path, parts in adapter.unfuse:
             if not isinstance(block.get_submodule(path), FusedLinear):
-                split_linear(block, path, list(parts), list(sizes[path]))
+                split_linear(block, path, list(parts), list(sizes[path]), interleave_head_dim(model.config, adapter, path))
                 count += 1
         if adapter.experts is not None and not isinstance(block.get_submodule(adapter.experts), ExpertList):
             split_experts(block, adapter.moe_block)
@@ -42,7 +42,15 @@ def split_projections(model: nn.Module, adapter: ArchAdapter, layers: Any = None
     return count
 
 
-def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: int) -> dict[str, torch.Tensor]:
+def interleave_head_dim(config: Any, adapter: ArchAdapter, path: str) -> int | None:
+    """The head dim of a fused projection whose rows are grouped per head (GPT-NeoX), else ``None``."""
+    if path not in adapter.interleaved_qkv:
+        return None
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
+def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: int,
+               config: Any = None) -> dict[str, torch.Tensor]:
     """The state dict with each split projection's parts concatenated back into the original key
     (``...qkv_proj.q_proj.weight`` + ``k_proj`` + ``v_proj`` -> ``...qkv_proj.weight``) and each
     ExpertList stacked back into the family's 3-D ``gate_up_proj`` / ``down_proj`` tensors."""
@@ -55,10 +63,15 @@ def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: i
     for i in range(n_layers):
         for path, parts in adapter.unfuse:
             base = f"{adapter.layers}.{i}.{path}"
+            hd = interleave_head_dim(config, adapter, path)
             for kind in ("weight", "bias"):
                 keys = [f"{base}.{part}.{kind}" for part in parts]
                 if all(k in out for k in keys):
-                    out[f"{base}.{kind}"] = torch.cat([out.pop(k) for k in keys], dim=0)
+                    tensors = [out.pop(k) for k in keys]
+                    if hd is not None:  # rows grouped per head again: [heads, rows of each part, ...]
+                        heads = tensors[0].shape[0] // hd
+                        tensors = [torch.cat([t.unflatten(0, (heads, -1)) for t in tensors], 1).flatten(0, 1)]
+                    out[f"{base}.{kind}"] = torch.cat(tensors, dim=0)
                 elif any(k in out for k in keys):
                     raise ValueError(f"{base}: some parts have a {kind} and some do not; cannot fuse them back")
     return out

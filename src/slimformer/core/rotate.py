@@ -110,6 +110,8 @@ def apply_block_input_basis(block: nn.Module, adapter: ArchAdapter, Q_in: torch.
     for path in readers:
         rotate_reader(get_module(block, path), Q_in)
     set_norm_width(get_module(block, adapter.attn_norm), Q_in.shape[1])
+    if adapter.parallel and adapter.mlp_norm is not None:  # GPT-NeoX: the MLP's own norm reads the block input
+        set_norm_width(get_module(block, adapter.mlp_norm), Q_in.shape[1])
 
 
 def apply_block_mid_basis(block: nn.Module, adapter: ArchAdapter, Q_in: torch.Tensor, Q_mid: torch.Tensor) -> None:

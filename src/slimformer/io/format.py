@@ -213,7 +213,7 @@ def save_compressed(
         state = untied_state(model)
         if plain_changes is not None:  # the family's own layout: fused projections written back fused
             adapter = get_adapter(model)
-            state = fuse_state(state, adapter, len(adapter.get_layers(model)))
+            state = fuse_state(state, adapter, len(adapter.get_layers(model)), model.config)
         nbytes = write_weights(state, tmp, max_shard_bytes)
         write_metadata(model, tmp, section, report, tokenizer, plain_changes, extra_files)
     logger.info("saved compressed model to %s (%.2f MB of weights)", out, nbytes / 2**20)

@@ -142,7 +142,7 @@ class SlimBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.layout = dict(layout)
-        self.parallel = layout.get("mlp_norm") is None
+        self.parallel = bool(layout.get("parallel", layout.get("mlp_norm") is None))
         for name, module in modules.items():
             setattr(self, name, module)
         self.attn_shortcut = attn_shortcut
@@ -168,13 +168,17 @@ class SlimBlock(nn.Module):
             y = getattr(self, post_norm)(y)
         return y if self._scale == 1.0 else y * self._scale
 
+    def _norm(self, name: str | None, x: torch.Tensor) -> torch.Tensor:
+        return x if name is None else getattr(self, name)(x)
+
     def attn_in(self, x: torch.Tensor) -> torch.Tensor:
-        """What the attention reads: ``attn_norm(x)``, ``[.., d_in]``."""
-        return getattr(self, self.layout["attn_norm"])(x)
+        """What the attention reads: ``attn_norm(x)``, ``[.., d_in]`` (``x`` itself without a pre-norm)."""
+        return self._norm(self.layout["attn_norm"], x)
 
     def mlp_in(self, h: torch.Tensor) -> torch.Tensor:
-        """What the MLP reads: ``mlp_norm(h)`` (sequential; parallel blocks: ``attn_norm(h)``)."""
-        return getattr(self, self.layout["attn_norm" if self.parallel else "mlp_norm"])(h)
+        """What the MLP reads: ``mlp_norm(h)``; a parallel block with one norm: ``attn_norm(h)``."""
+        lay = self.layout
+        return self._norm(lay["attn_norm"] if self.parallel and lay.get("mlp_norm") is None else lay["mlp_norm"], h)
 
     def attn_out(self, a: torch.Tensor) -> torch.Tensor:
         """The attention output ``a`` (o_proj's output) as it joins the residual."""
@@ -195,7 +199,8 @@ class SlimBlock(nn.Module):
     def parallel_branches(self, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """Parallel blocks: ``attn_out(Attn(n)) + mlp_out(MLP(n))`` with ``n = attn_in(x)``."""
         n = self.attn_in(x)
-        return self.attn_out(self._attn(n, kwargs)) + self.mlp_out(self._mlp(n))
+        m = n if self.layout.get("mlp_norm") is None else self.mlp_in(x)
+        return self.attn_out(self._attn(n, kwargs)) + self.mlp_out(self._mlp(m))
 
     @staticmethod
     def _shortcut(x: torch.Tensor, shortcut: nn.Linear | None) -> torch.Tensor:
@@ -396,11 +401,17 @@ def apply_head_shapes(model: nn.Module, plan: dict[str, Any]) -> None:
 
 
 class FusedLinear(nn.Module):
-    """``x: [.., in] -> cat([part(x) for part in parts], -1)``; the parts are child modules."""
+    """``x: [.., in] -> cat([part(x) for part in parts], -1)``; the parts are child modules.
 
-    def __init__(self, parts: dict[str, nn.Module]) -> None:
+    With ``head_dim`` the fused rows are grouped per head (GPT-NeoX's ``query_key_value``: head 0's
+    q, k, v rows, then head 1's, ...): each part's output ``[.., n_heads * w]`` is split into its
+    heads and the parts are concatenated head by head, ``[.., n_heads * (w_q + w_k + w_v)]``.
+    """
+
+    def __init__(self, parts: dict[str, nn.Module], head_dim: int | None = None) -> None:
         super().__init__()
         self.part_names = tuple(parts)
+        self.head_dim = head_dim
         for name, part in parts.items():
             setattr(self, name, part)
 
@@ -417,33 +428,51 @@ class FusedLinear(nn.Module):
         return sum(p.out_features for p in self.parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p(x) for p in self.parts], dim=-1)
+        outs = [p(x) for p in self.parts]
+        if self.head_dim is None:
+            return torch.cat(outs, dim=-1)
+        heads = outs[0].shape[-1] // self.head_dim  # the first part (q) has head_dim rows per head
+        return torch.cat([o.unflatten(-1, (heads, -1)) for o in outs], dim=-1).flatten(-2)
 
     def extra_repr(self) -> str:
-        return f"parts={','.join(self.part_names)}"
+        return f"parts={','.join(self.part_names)}" + (f", per_head={self.head_dim}" if self.head_dim else "")
 
 
-def split_linear(root: nn.Module, path: str, parts: list[str], sizes: list[int]) -> FusedLinear:
+def part_rows(sizes: list[int], head_dim: int | None = None) -> list[torch.Tensor]:
+    """Row indices of each part in the fused weight: consecutive blocks, or (``head_dim``: rows grouped
+    per head, ``sizes[0] // head_dim`` heads) each part's rows of every head."""
+    if head_dim is None:
+        starts = [sum(sizes[:j]) for j in range(len(sizes))]
+        return [torch.arange(a, a + n) for a, n in zip(starts, sizes)]
+    heads = sizes[0] // head_dim
+    per_head = [n // heads for n in sizes]
+    chunk = sum(per_head)
+    offs = [sum(per_head[:j]) for j in range(len(sizes))]
+    return [(torch.arange(heads)[:, None] * chunk + o + torch.arange(w)[None, :]).reshape(-1)
+            for o, w in zip(offs, per_head)]
+
+
+def split_linear(root: nn.Module, path: str, parts: list[str], sizes: list[int],
+                 head_dim: int | None = None) -> FusedLinear:
     """Replace the linear at ``path`` by a :class:`FusedLinear` of ``parts`` with ``sizes`` output rows
-    (weights and biases copied; on the meta device they are just shaped)."""
+    (``head_dim``: rows grouped per head); weights and biases copied, only shaped on meta."""
     lin = module_at(root, path)
     if isinstance(lin, FusedLinear):
         return lin
     if sum(sizes) != lin.out_features:
         raise SlimformerFormatError(f"{path}: parts {parts} of sizes {sizes} do not add up to its "
                                     f"{lin.out_features} output rows")
-    new, start = {}, 0
-    for name, size in zip(parts, sizes):
+    new = {}
+    for name, size, rows in zip(parts, sizes, part_rows(sizes, head_dim)):
         part = nn.Linear(lin.in_features, size, bias=lin.bias is not None, device=lin.weight.device,
                          dtype=lin.weight.dtype)
         if lin.weight.device.type != "meta":
             with torch.no_grad():
-                part.weight.copy_(lin.weight[start:start + size])
+                part.weight.copy_(lin.weight[rows.to(lin.weight.device)])
                 if lin.bias is not None:
-                    part.bias.copy_(lin.bias[start:start + size])
+                    part.bias.copy_(lin.bias[rows.to(lin.bias.device)])
         new[name] = part
-        start += size
-    fused = FusedLinear(new)
+    fused = FusedLinear(new, head_dim)
     set_module_at(root, path, fused)
     return fused
 
@@ -574,7 +603,8 @@ def apply_unfused(model: nn.Module, plan: dict[str, Any]) -> None:
             lin = module_at(layer, spec["path"])
             n = len(spec["parts"])
             sizes = [lin.out_features // n] * (n - 1)
-            split_linear(layer, spec["path"], spec["parts"], sizes + [lin.out_features - sum(sizes)])
+            split_linear(layer, spec["path"], spec["parts"], sizes + [lin.out_features - sum(sizes)],
+                         spec.get("head_dim"))
 
 
 # ----------------------------------------------------------------------------------
@@ -836,8 +866,8 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], norm_eps: float) -> None:
         names += [layout["mlp"]] if layout.get("mlp") else [layout["fc_in"], layout["fc_out"]]
         modules = {n: module_at(layer, n) for n in names}
         modules[layout["attn_norm"]] = SlimRMSNorm(bp["d_in"], d, norm_eps)
-        if layout.get("mlp_norm"):
-            modules[layout["mlp_norm"]] = SlimRMSNorm(bp["d_mid"], d, norm_eps)
+        if layout.get("mlp_norm"):  # (a parallel block's second norm reads the block input)
+            modules[layout["mlp_norm"]] = SlimRMSNorm(bp["d_in"] if bp["d_mid"] is None else bp["d_mid"], d, norm_eps)
         after_attn = bp["d_out"] if bp["d_mid"] is None else bp["d_mid"]
         attn_sc = make_shortcut(bp["d_in"], after_attn, device="meta") if bp["attn_shortcut"] else None
         mlp_sc = make_shortcut(bp["d_mid"], bp["d_out"], device="meta") if bp["mlp_shortcut"] else None

@@ -242,7 +242,7 @@ def validate_plan_schema(plan: dict[str, Any]) -> None:
         raise _bad("plan.blocks", f"must be a non-empty list of blocks, found {_short(blocks)}")
     if len(blocks) > MAX_LAYERS:
         raise _bad("plan.blocks", f"lists {len(blocks)} blocks, more than the sane maximum {MAX_LAYERS}")
-    parallel = plan["layout"].get("mlp_norm") is None
+    parallel = bool(plan["layout"].get("parallel", plan["layout"].get("mlp_norm") is None))
     for i, bp in enumerate(blocks):
         _validate_block(i, bp, plan, parallel)
 
@@ -268,6 +268,7 @@ def _validate_unfused(specs: Any) -> None:
         parts = spec["parts"]
         if not isinstance(parts, list) or not 2 <= len(parts) <= 8 or len(set(map(str, parts))) != len(parts):
             raise _bad(f"{where}.parts", f"must be 2 to 8 distinct module names, found {_short(parts)}")
+        _int(f"{where}.head_dim", spec.get("head_dim"), 1, 65536, none_ok=True)
         for j, part in enumerate(parts):
             if not isinstance(part, str) or not part.isidentifier() or part.startswith("_"):
                 raise _bad(f"{where}.parts[{j}]", f"must be a module name, found {_short(part)}")
@@ -277,7 +278,9 @@ def _validate_layout(layout: Any, fused: bool) -> None:
     if not isinstance(layout, dict):
         raise _bad("plan.layout", f"must be a JSON object, found {_short(layout)}")
     _require("plan.layout", layout, ("attn_norm", "attn", "mlp_norm"))
-    _module_path("plan.layout.attn_norm", layout["attn_norm"])
+    _module_path("plan.layout.attn_norm", layout["attn_norm"], none_ok=not fused)  # OLMo-2: no pre-norms
+    if "parallel" in layout:
+        _bool("plan.layout.parallel", layout["parallel"])
     _module_path("plan.layout.attn", layout["attn"])
     _module_path("plan.layout.mlp_norm", layout["mlp_norm"], none_ok=True)
     if layout.get("mlp") is not None:
@@ -315,9 +318,9 @@ def _validate_block(i: int, bp: Any, plan: dict[str, Any], parallel: bool) -> No
     _bool(f"{where}.attn_shortcut", bp["attn_shortcut"])
     _bool(f"{where}.mlp_shortcut", bp["mlp_shortcut"])
     if parallel and bp["d_mid"] is not None:
-        raise _bad(f"{where}.d_mid", "must be null in a parallel block (layout.mlp_norm is null)")
+        raise _bad(f"{where}.d_mid", "must be null in a parallel block")
     if not parallel and bp["d_mid"] is None:
-        raise _bad(f"{where}.d_mid", "must be an integer in a sequential block (layout.mlp_norm is set)")
+        raise _bad(f"{where}.d_mid", "must be an integer in a sequential block")
     if bp["mlp_shortcut"] and bp["d_mid"] is None:
         raise _bad(f"{where}.mlp_shortcut", "must be false in a parallel block (it has one shortcut, attn_shortcut)")
     for key in _BLOCK_HEAD_FIELDS:

@@ -75,10 +75,11 @@ class PruningConfig:
         raise NotImplementedError
 
     def touches(self) -> frozenset[str]:
-        """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): heads or value
-        channels and MLP channels, inside the blocks, never the residual stream; a MoE block's
-        experts one by one (``experts``)."""
-        return frozenset({"heads", "mlp", "experts"})
+        """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): whole heads
+        (``heads``) or value channels (``values``) and MLP channels, inside the blocks, never the
+        residual stream; a MoE block's experts one by one (``experts``)."""
+        attention = {"heads": {"heads"}, "channels": {"values"}}.get(self.attention, set())
+        return frozenset({"mlp", "experts", *attention})
 
 
 PruningConfig.__doc__ = """Settings shared by every structured pruning method (not registered itself).

@@ -226,11 +226,9 @@ def compress_mlp(block: nn.Module, adapter: ArchAdapter, config: Any, G_h: torch
 # ----- the layer-by-layer pass ---------------------------------------------------------------
 
 
-def _augmented_gram(acc: Covariance) -> Any:
-    def hook(_m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
-        acc.update(torch.cat([out, torch.ones_like(out[..., :1])], dim=-1))
-
-    return hook
+def _with_ones(x: torch.Tensor) -> torch.Tensor:
+    """``[.., d] -> [.., d + 1]``: the input with a ones column (the biases' input)."""
+    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 
 
 class _Compressor:
@@ -261,15 +259,10 @@ class _Compressor:
     def block(self, li: int, block: nn.Module, inp: BlockInputs) -> None:
         ad, dev = self.adapter, self.device
         view = block_view(block, ad, self.model.config)
-        norm_a = get_module(block, ad.attn_norm)
         d = get_module(block, ad.q).in_features
         acc_x = Covariance(d + 1)
-        handle = norm_a.register_forward_hook(_augmented_gram(acc_x))
-        try:
-            for x in inp.hidden:
-                view.attn_in(x.to(dev))
-        finally:
-            handle.remove()
+        for x in inp.hidden:
+            acc_x.update(_with_ones(view.attn_in(x.to(dev))))  # what q/k/v read, with a ones column
         acc_x.all_reduce()
         rec = self.attention(li, block, acc_x.value())
         down = get_module(block, ad.down)
@@ -281,7 +274,7 @@ class _Compressor:
                 x = x.to(dev)
                 n = view.attn_in(x)
                 h = x + view.attn_out(view._attn(n, kw))  # [b, t, d]
-                view._mlp(n if ad.parallel else view.mlp_in(h))
+                view._mlp(view.mlp_in(x if ad.parallel else h))
                 mids.append(inp.put(h))
         finally:
             handle.remove()

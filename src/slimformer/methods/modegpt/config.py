@@ -68,8 +68,8 @@ class MoDeGPTConfig:
 
     def touches(self) -> frozenset[str]:
         """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): MLP channels
-        (``mlp``), value dims (``vo``: ``heads``), q/k dims (``qk``); never the residual stream."""
-        return frozenset({"mlp": "mlp", "vo": "heads", "qk": "qk"}[m] for m in self.module_set)
+        (``mlp``), value dims (``vo``: ``values``), q/k dims (``qk``); never the residual stream."""
+        return frozenset({"mlp": "mlp", "vo": "values", "qk": "qk"}[m] for m in self.module_set)
 
     def make_schedule(self) -> Schedule:
         """The :class:`slimformer.schedule.Schedule` these settings describe."""
