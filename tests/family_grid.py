@@ -73,8 +73,21 @@ def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(input_ids=x).logits
 
 
+#: residual-slicing methods (their configs take ``schedule`` and ``slice_head``)
+RESIDUAL_METHODS = ("slicegpt", "dotresize")
+
+
+def config_for(family: str, method: str, **budget: Any) -> Any:
+    """The method's config for ``family``: families whose model needs the head input at the embedding
+    width (GPT-2, ``same_width_ends``) slice uniformly with the head."""
+    adapter = next(a for a in ALL_ADAPTERS if family in a.model_types)
+    if adapter.same_width_ends and method in RESIDUAL_METHODS:
+        budget = dict(budget, schedule="uniform", slice_head=True)
+    return METHODS[method](**budget)
+
+
 def _compress(family: str, method: str, tied: bool, **budget: Any) -> sf.CompressionResult:
-    config = METHODS[method](**budget)
+    config = config_for(family, method, **budget)
     calib = None if method in CALIBRATION_FREE else ids(8, 24, seed=2)
     return sf.compress(build(family, tied), config, calib, progress=False)
 

@@ -243,3 +243,24 @@ def test_gpt_neox_per_head_qkv_comes_back_in_its_layout(tmp_path: Path) -> None:
     out = Path(sliced.save(tmp_path / "remote"))
     remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert (grid.logits(remote, x) - grid.logits(sliced.model, x)).abs().max().item() <= grid.RELOAD_TOL
+
+
+def test_gpt2_conv1d_comes_back_in_its_layout_and_slicing_needs_equal_ends(tmp_path: Path) -> None:
+    """GPT-2's Conv1D weights ([in, out]) and fused c_attn are written back as GPT-2 stores them by a
+    plain save (loads without remote code); residual slicing that leaves the head input wider than
+    the embedding is refused in one line (GPT2Model views its output with the embedding's width)."""
+    from safetensors import safe_open
+
+    x, calib = grid.ids(), grid.ids(8, 24, seed=2)
+    dense = grid.build("gpt2")
+    c_attn = dense.transformer.h[0].attn.c_attn.weight.detach().clone()  # [in, 3 * d]
+    result = sf.compress(dense, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
+    out = Path(result.save(tmp_path / "plain"))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("transformer.h.0.attn.c_attn.weight"), c_attn)
+        assert tuple(f.get_slice("transformer.h.0.mlp.c_fc.weight").get_shape()) == (grid.HIDDEN, 72)
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
+    with pytest.raises(UnsupportedModelError, match="--schedule uniform --slice-head") as info:
+        sf.compress(grid.build("gpt2"), sf.SliceGPTConfig(sparsity=0.2), calib, progress=False)
+    assert "\n" not in str(info.value)

@@ -19,7 +19,8 @@ _EXPORTS = {
                                "load_model")},
     **{n: ".arch" for n in ("UnsupportedModelError", "supported_model_types")},
     **{n: ".methods" for n in ("SliceGPTConfig", "FASPConfig", "MagnitudeConfig", "RandomConfig", "WandaSPConfig",
-                               "DOTResizeConfig", "MoDeGPTConfig", "PruneNetConfig", "DISPConfig", "AutoConfig")},
+                               "DOTResizeConfig", "MoDeGPTConfig", "PruneNetConfig", "DISPConfig", "AutoConfig",
+                               "CompositeConfig")},
     # ``sf.finetune`` is the function (the submodule is ``slimformer.finetune`` in sys.modules)
     "FinetuneConfig": ".finetune_config",  # torch-free
     **{n: ".finetune" for n in ("FinetuneResult", "finetune")},
@@ -48,11 +49,12 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .api import CompressionResult, compress, compress_offloaded, count_params, export, load_model
     from .arch import UnsupportedModelError, supported_model_types
     from .finetune import FinetuneConfig, FinetuneResult, finetune
-    from .methods import (AutoConfig, DISPConfig, DOTResizeConfig, FASPConfig, MagnitudeConfig, MoDeGPTConfig, PruneNetConfig,
-                          RandomConfig, SliceGPTConfig, WandaSPConfig)
+    from .methods import (AutoConfig, CompositeConfig, DISPConfig, DOTResizeConfig, FASPConfig, MagnitudeConfig,
+                          MoDeGPTConfig, PruneNetConfig, RandomConfig, SliceGPTConfig, WandaSPConfig)
 
 __all__ = [
     "AutoConfig",
+    "CompositeConfig",
     "CompressionResult",
     "FASPConfig",
     "MagnitudeConfig",

@@ -80,6 +80,13 @@ class ArchAdapter:
             separate linears (exact: the parts' outputs are concatenated), so q/k/v paths are
             ``self_attn.qkv_proj.q_proj`` etc.; a plain save writes the fused tensors back.
         split_sizes: ``config -> {path: output rows of each part}`` for ``unfuse``.
+        conv1d: block-level paths of GPT-2's ``Conv1D`` modules (``weight: [in, out]``); they become
+            ``nn.Linear`` before anything else (exact), and a plain save transposes them back.
+        same_width_ends: the model reshapes its final hidden states to the embedding width (GPT-2's
+            ``view(output_shape)``): residual slicing must give the head input the embedding's width
+            (``schedule="uniform"`` with ``slice_head``).
+        block_args: names of the arguments the model passes to a decoder block by position after
+            ``hidden_states`` (GPT-2: ``cache, attention_mask, encoder_hidden_states``).
         interleaved_qkv: paths of ``unfuse`` whose rows are grouped per head (GPT-NeoX's
             ``query_key_value``: head 0's q, k, v rows, then head 1's, ...).
         qk_norm_over_heads: q and k are normalised over all heads together (OLMo-2's
@@ -130,6 +137,9 @@ class ArchAdapter:
     rope_layout: Literal["half", "interleaved"] = "half"
     qk_norm_over_heads: bool = False
     interleaved_qkv: tuple[str, ...] = ()
+    conv1d: tuple[str, ...] = ()
+    same_width_ends: bool = False
+    block_args: tuple[str, ...] = ()
     unfuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
     experts: str | None = None
     router: str | None = None
@@ -253,6 +263,8 @@ class ArchAdapter:
             lay["mlp"] = self.mlp
         else:
             lay.update(mlp=None, fc_in=self.up, fc_out=self.down, act=getattr(config, self.act_config_attr))
+        if self.block_args:
+            lay["positional"] = list(self.block_args)
         for key in ("attn_post_norm", "mlp_post_norm"):  # only where the family has them
             if getattr(self, key) is not None:
                 lay[key] = getattr(self, key)

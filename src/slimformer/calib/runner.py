@@ -32,14 +32,18 @@ class _StopForward(Exception):
 
 
 class _Catcher(nn.Module):
-    def __init__(self) -> None:
+    """Stands in for block 0: records its input and keyword arguments (positional ones named by
+    ``positional``, :attr:`slimformer.arch.ArchAdapter.block_args`), then stops the forward."""
+
+    def __init__(self, positional: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.records: list[tuple[torch.Tensor, dict[str, Any]]] = []
+        self.positional = positional
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args:
+        if len(args) > len(self.positional):
             raise TypeError("decoder blocks are expected to be called with keyword arguments")
-        self.records.append((hidden_states, kwargs))
+        self.records.append((hidden_states, {**dict(zip(self.positional, args)), **kwargs}))
         raise _StopForward
 
 
@@ -93,7 +97,7 @@ def capture_block_inputs(
     """
     layers = adapter.get_layers(model)
     home = model_device(model)
-    catcher = _Catcher()
+    catcher = _Catcher(adapter.block_args)
     set_module(model, adapter.layers, nn.ModuleList([catcher]))
     try:
         model.to(device)

@@ -103,11 +103,14 @@ class ShapePlan:
     head_proj: bool = False
     #: fused projections held as parts (Phi-3): ``[{"path": "self_attn.qkv_proj", "parts": [...]}, ...]``
     unfused: list[dict[str, Any]] | None = None
+    #: GPT-2's Conv1D modules, stored as nn.Linear (block-level paths)
+    conv1d: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if not data["unfused"]:
-            del data["unfused"]  # plans of families without fused projections are unchanged
+        for key in ("unfused", "conv1d"):
+            if not data[key]:
+                del data[key]  # plans of families without them are unchanged
         return data
 
     @classmethod
@@ -171,6 +174,7 @@ def plan_from_model(model: nn.Module, adapter: ArchAdapter) -> ShapePlan:
     final_norm = get_module(model, adapter.final_norm)
     head_proj = isinstance(final_norm, SlimRMSNormProject)
     return ShapePlan(
+        conv1d=list(adapter.conv1d) or None,
         head_proj=head_proj,
         fused=is_slim(model, adapter),
         tied_head=head.weight is emb.weight,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter
-from ..runtime.modeling_slimformer import ExpertList, FusedLinear, split_experts, split_linear
+from ..runtime.modeling_slimformer import ExpertList, FusedLinear, conv1d_to_linear, split_experts, split_linear
 
 logger = logging.getLogger("slimformer.core.projections")
 
@@ -25,11 +25,15 @@ def split_projections(model: nn.Module, adapter: ArchAdapter, layers: Any = None
     """Hold every fused projection of ``model`` (or of the given ``layers``) as parts, in place.
 
     Returns the number of linears split (0 when already split or the family fuses nothing)."""
-    if not adapter.unfuse and adapter.experts is None:
+    if not adapter.unfuse and adapter.experts is None and not adapter.conv1d:
         return 0
     sizes = adapter.split_sizes(model.config) if adapter.split_sizes is not None else {}
     count = 0
     for block in adapter.get_layers(model) if layers is None else layers:
+        for path in adapter.conv1d:  # GPT-2's Conv1D -> nn.Linear first (the parts are linears)
+            if not isinstance(block.get_submodule(path), (nn.Linear, FusedLinear)):
+                conv1d_to_linear(block, path)
+                count += 1
         for path, parts in adapter.unfuse:
             if not isinstance(block.get_submodule(path), FusedLinear):
                 split_linear(block, path, list(parts), list(sizes[path]), interleave_head_dim(model.config, adapter, path))
@@ -54,7 +58,7 @@ def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: i
     """The state dict with each split projection's parts concatenated back into the original key
     (``...qkv_proj.q_proj.weight`` + ``k_proj`` + ``v_proj`` -> ``...qkv_proj.weight``) and each
     ExpertList stacked back into the family's 3-D ``gate_up_proj`` / ``down_proj`` tensors."""
-    if not adapter.unfuse and adapter.experts is None:
+    if not adapter.unfuse and adapter.experts is None and not adapter.conv1d:
         return state
     out = dict(state)
     if adapter.experts is not None:
@@ -74,6 +78,9 @@ def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: i
                     out[f"{base}.{kind}"] = torch.cat(tensors, dim=0)
                 elif any(k in out for k in keys):
                     raise ValueError(f"{base}: some parts have a {kind} and some do not; cannot fuse them back")
+        for path in adapter.conv1d:  # GPT-2: back to Conv1D's [in, out] orientation
+            key = f"{adapter.layers}.{i}.{path}.weight"
+            out[key] = out[key].T.contiguous()
     return out
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..runtime.plan_schema import standard_config
+
 #: families whose Hugging Face attention reads ``config.head_dim`` (so fewer heads need no
 #: change of ``hidden_size``) and size ``o_proj`` by heads x head dim, read off the installed
 #: transformers' attention code; OPT and StableLM derive the head dim from ``hidden_size``,
@@ -76,6 +78,7 @@ def _uniform(values: list[Any]) -> bool:
 
 def base_head_counts(config: dict[str, Any]) -> tuple[int, int]:
     """``(query heads, kv heads)`` of the base config."""
+    config = standard_config(config)
     n_h = int(config.get("num_attention_heads") or 0)
     return n_h, int(config.get("num_key_value_heads") or n_h)
 
@@ -89,6 +92,7 @@ def head_counts(plan: dict[str, Any], config: dict[str, Any]) -> list[tuple[int,
 
 def base_head_dim(config: dict[str, Any]) -> int | None:
     """The head dim the base config's attention reshapes with."""
+    config = standard_config(config)
     if config.get("head_dim"):
         return int(config["head_dim"])
     if config.get("hidden_size") and config.get("num_attention_heads"):
@@ -111,6 +115,10 @@ def plain_blockers(plan: dict[str, Any], config: dict[str, Any]) -> list[str]:
             and plan.get("model_type") not in HEAD_DIM_CONFIGURABLE:
         out.append(f"{plan.get('model_type')}'s attention derives the head dim from hidden_size, so fewer heads "
                    "cannot be written in its config; compress with --attention none")
+    elif heads and heads[0] != base_head_counts(config) and heads[0][0] and \
+            int(standard_config(config).get("hidden_size") or 0) % heads[0][0]:
+        out.append(f"{heads[0][0]} heads do not divide hidden_size {standard_config(config).get('hidden_size')}, "
+                   "which some transformers configs require (Llama's); it loads with the saved runtime")
     return out
 
 

@@ -23,11 +23,12 @@ from .modegpt import MoDeGPTConfig
 from .prunenet import PruneNetConfig
 from .disp import DISPConfig
 from .auto import AutoConfig
+from .composite import CompositeConfig
 
 for _pkg in pkgutil.iter_modules(__path__):  # method packages not named above (``_shared`` is no method)
     if _pkg.ispkg and not _pkg.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_pkg.name}")
 
-__all__ = ["AutoConfig", "DISPConfig", "DOTResizeConfig", "FASPConfig", "METHODS", "MagnitudeConfig", "MethodSpec",
+__all__ = ["AutoConfig", "CompositeConfig", "DISPConfig", "DOTResizeConfig", "FASPConfig", "METHODS", "MagnitudeConfig", "MethodSpec",
            "MoDeGPTConfig", "PruneNetConfig", "RandomConfig", "Runtime", "SliceGPTConfig", "WandaSPConfig",
            "get_method", "method_names", "register_method", "spec_for_config", "structures_of"]

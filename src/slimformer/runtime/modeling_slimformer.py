@@ -208,8 +208,11 @@ class SlimBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # hidden_states: [batch, seq, d_in]
-        if args:
-            raise TypeError("SlimBlock expects keyword arguments after hidden_states")
+        if args:  # GPT-2 passes some block arguments by position: named by the layout
+            names = self.layout.get("positional") or []
+            if len(args) > len(names):
+                raise TypeError("SlimBlock expects keyword arguments after hidden_states")
+            kwargs = {**dict(zip(names, args)), **kwargs}
         if self.parallel:  # out: [batch, seq, d_out]
             return self._shortcut(hidden_states, self.attn_shortcut) + self.parallel_branches(hidden_states, kwargs)
         mid = self._shortcut(hidden_states, self.attn_shortcut) + self.attn_branch(hidden_states, kwargs)  # [b, s, d_mid]
@@ -352,6 +355,8 @@ def set_attention_heads(attn: nn.Module, v_path: str, o_path: str, n_heads: int,
     for name in HEAD_COUNT_ATTRS:
         if hasattr(attn, name):
             setattr(attn, name, int(n_heads))
+    if isinstance(getattr(attn, "split_size", None), int):  # GPT-2 splits its fused qkv output by it
+        attn.split_size = int(n_heads) * int(getattr(attn, "head_dim", head_dim))
     groups = getattr(attn, "num_key_value_groups", None)  # whole GQA groups go: the ratio is unchanged
     if isinstance(getattr(attn, "num_key_value_heads", None), int) and isinstance(groups, int) and groups > 0:
         attn.num_key_value_heads = int(n_heads) // groups  # (StableLM reshapes k/v with it)
@@ -589,13 +594,34 @@ def set_router_width(router: nn.Module) -> None:
         router.hidden_dim = int(w.shape[-1])
 
 
+def conv1d_to_linear(root: nn.Module, path: str) -> nn.Linear:
+    """Replace GPT-2's ``Conv1D`` at ``path`` (``weight: [in, out]``, ``y = x W + b``) by the equal
+    ``nn.Linear`` (``weight: [out, in]``); only shaped on the meta device."""
+    conv = module_at(root, path)
+    if isinstance(conv, nn.Linear):
+        return conv
+    w = conv.weight  # [in, out]
+    lin = nn.Linear(w.shape[0], w.shape[1], bias=getattr(conv, "bias", None) is not None, device=w.device,
+                    dtype=w.dtype)
+    if w.device.type != "meta":
+        with torch.no_grad():
+            lin.weight.copy_(w.T)
+            if lin.bias is not None:
+                lin.bias.copy_(conv.bias)
+    set_module_at(root, path, lin)
+    return lin
+
+
 def apply_unfused(model: nn.Module, plan: dict[str, Any]) -> None:
     """Rebuild the plan's fused projections as FusedLinear and its 3-D experts as ExpertList
     (shapes follow the checkpoint later)."""
     specs = plan.get("unfused") or []
-    if not specs:
+    conv1d = plan.get("conv1d") or []
+    if not specs and not conv1d:
         return
     for layer in module_at(model, plan["paths"]["layers"]):
+        for path in conv1d:  # GPT-2: the checkpoint holds nn.Linear orientation
+            conv1d_to_linear(layer, path)
         for spec in specs:
             if spec.get("experts") is not None:
                 split_experts(layer, spec["path"], spec["experts"])

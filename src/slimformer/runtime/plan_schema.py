@@ -48,7 +48,7 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 #: the form only (it is torch- and transformers-free); the loader
 #: (:func:`modeling_slimformer.load_compressed`) builds the class only when transformers' own
 #: causal-LM mapping names it for the plan's ``model_type``, so no other class can be reached.
-ARCHITECTURE_PATTERN = re.compile(r"[A-Z][A-Za-z0-9_]{0,80}ForCausalLM")
+ARCHITECTURE_PATTERN = re.compile(r"[A-Z][A-Za-z0-9_]{0,80}(ForCausalLM|LMHeadModel)")
 MODEL_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,80}")
 
 #: activation names a fused block without an MLP module may use (``modeling_slimformer.ACTIVATIONS``)
@@ -224,6 +224,12 @@ def validate_plan_schema(plan: dict[str, Any]) -> None:
     _int("plan.head_width", plan["head_width"], 1, d)
     _bool("plan.head_bias", plan["head_bias"])
     _validate_unfused(plan.get("unfused"))
+    conv1d = plan.get("conv1d")
+    if conv1d is not None:
+        if not isinstance(conv1d, list) or len(conv1d) > 8:
+            raise _bad("plan.conv1d", f"must be a list of at most 8 module paths, found {_short(conv1d)}")
+        for i, path in enumerate(conv1d):
+            _module_path(f"plan.conv1d[{i}]", path)
     for key in ("fused", "tied_head", "head_proj"):
         if key in plan:
             _bool(f"plan.{key}", plan[key])
@@ -281,6 +287,10 @@ def _validate_layout(layout: Any, fused: bool) -> None:
     _module_path("plan.layout.attn_norm", layout["attn_norm"], none_ok=not fused)  # OLMo-2: no pre-norms
     if "parallel" in layout:
         _bool("plan.layout.parallel", layout["parallel"])
+    positional = layout.get("positional")
+    if positional is not None and (not isinstance(positional, list) or len(positional) > 8 or not all(
+            isinstance(n, str) and n.isidentifier() and not n.startswith("_") for n in positional)):
+        raise _bad("plan.layout.positional", f"must be a list of argument names, found {_short(positional)}")
     _module_path("plan.layout.attn", layout["attn"])
     _module_path("plan.layout.mlp_norm", layout["mlp_norm"], none_ok=True)
     if layout.get("mlp") is not None:
@@ -331,8 +341,32 @@ def _validate_block(i: int, bp: Any, plan: dict[str, Any], parallel: bool) -> No
         _channel_set_widths(i, bp, plan)
 
 
+#: config.json keys of families that name the standard fields differently (GPT-2's attribute_map)
+CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
+    "num_hidden_layers": ("n_layer",),
+    "hidden_size": ("n_embd",),
+    "num_attention_heads": ("n_head",),
+    "intermediate_size": ("n_inner",),
+    "max_position_embeddings": ("n_positions",),
+}
+
+
+def standard_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a parsed ``config.json``) with the standard field names filled in from the
+    family's own names where it has no standard one (GPT-2: ``n_layer`` -> ``num_hidden_layers``)."""
+    out = dict(config)
+    for name, aliases in CONFIG_ALIASES.items():
+        if out.get(name) is None:
+            for alias in aliases:
+                if out.get(alias) is not None:
+                    out[name] = out[alias]
+                    break
+    return out
+
+
 def _validate_base_config(plan: dict[str, Any], base: Mapping[str, Any]) -> None:
     """The plan must agree with the base config it is applied to (``config.json`` itself)."""
+    base = standard_config(base)
     n = base.get("num_hidden_layers")
     if not _is_int(n):
         raise SlimformerFormatError(f"config.json: num_hidden_layers must be an integer, found {_short(n)}; {_FIX}")
@@ -577,6 +611,7 @@ def _hash_files(paths: list[str]) -> list[str]:
 __all__ = [
     "ACTIVATION_NAMES",
     "ARCHITECTURE_PATTERN",
+    "CONFIG_ALIASES",
     "MODEL_TYPE_PATTERN",
     "CHANNEL_SETS",
     "SUPPORTED_FORMAT_VERSIONS",
@@ -587,6 +622,7 @@ __all__ = [
     "validate_against_header",
     "validate_plan",
     "validate_plan_schema",
+    "standard_config",
     "validate_section",
     "weight_file_names",
     "weights_sha256",

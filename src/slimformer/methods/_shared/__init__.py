@@ -9,6 +9,9 @@
   residual-slicing methods (SliceGPT, DOTResize); torch-free.
 * :mod:`.residual` -- the residual-slicing pipeline (:func:`slice_residual_stream`):
   plan widths, fuse norms, rotate and slice with a method's basis chooser.
+* :mod:`.selection` -- held-out calibration windows and their score (:func:`split_calibration`,
+  :func:`heldout_nll`), and :func:`become` (a model takes another's modules): ``auto`` and
+  ``composite`` choose between candidates with them.
 
 Nothing is imported here: the torch-free registry imports only the config modules.
 """

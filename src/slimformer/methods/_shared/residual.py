@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ...arch import ArchAdapter
+from ...arch import ArchAdapter, UnsupportedModelError
 from ...calib.rotate_pass import BasisChooser, rotate_and_slice
 from ...calib.runner import capture_block_inputs
 from ...calib.scores import LayerScores, block_scores
@@ -73,6 +73,10 @@ def slice_residual_stream(
     parameter count is checked (keep-tied SliceGPT re-ties the head there).
     """
     d = model.config.hidden_size
+    if adapter.same_width_ends and not (widths_config.schedule == "uniform" and widths_config.slice_head):
+        raise UnsupportedModelError(
+            f"{adapter.name}'s model reshapes its final hidden states to the embedding width, so the head must "
+            "read the embedding's width: slice with --schedule uniform --slice-head")
     schedule = widths_config.make_schedule()
     blocks = runtime.block_source(model, adapter)
     scores: LayerScores | None = None

@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .spectra import gumbel_top_k, ks_distance, singular_values  # noqa: F401 (re-exported)
+
 logger = logging.getLogger("slimformer.methods.prunenet")
 
 POLICY_FORMAT = "slimformer-prunenet-policy"
@@ -63,35 +65,12 @@ class Policy(nn.Module):
         return self.net(torch.cat([x, log_norm], dim=1)).squeeze(-1)
 
 
-def ks_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic ``sup_x |F_a(x) - F_b(x)|`` of two 1-D samples."""
-    a, b = a.detach().double().flatten().sort().values, b.detach().double().flatten().sort().values
-    if a.numel() == 0 or b.numel() == 0:
-        raise ValueError("ks_distance needs two non-empty samples")
-    xs = torch.cat([a, b])
-    fa = torch.searchsorted(a, xs, right=True).double() / a.numel()
-    fb = torch.searchsorted(b, xs, right=True).double() / b.numel()
-    return float((fa - fb).abs().max())
-
-
-def singular_values(W: torch.Tensor) -> torch.Tensor:
-    """``sigma(W)`` in float32 (descending)."""
-    return torch.linalg.svdvals(W.detach().float())
-
-
 def spectrum_reward(reference: torch.Tensor, W: torch.Tensor, keep: torch.Tensor) -> float:
     """Reward of keeping rows ``keep`` of ``W: [I, d]``: ``-KS(reference, sigma(W[keep]))``.
 
     ``reference`` is ``sigma(W)`` (computed once per layer).
     """
     return -ks_distance(reference, singular_values(W.index_select(0, keep.to(W.device))))
-
-
-def gumbel_top_k(logits: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """An ordered draw of ``k`` of ``len(logits)`` items without replacement (Plackett-Luce)."""
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    perturbed = logits.detach().double().cpu() - torch.log(-torch.log(u))
-    return perturbed.argsort(descending=True)[:k]
 
 
 def plackett_luce_log_prob(logits: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

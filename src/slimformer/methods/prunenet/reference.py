@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .policy import gumbel_top_k, ks_distance, singular_values
+from .spectra import gumbel_top_k, ks_distance, singular_values
 
 logger = logging.getLogger("slimformer.methods.prunenet")
 
