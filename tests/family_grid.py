@@ -112,15 +112,18 @@ def zero_cell(family: str, method: str, tied: bool = False) -> float | str:
 
 def target_cell(family: str, method: str, out: Path, tied: bool = False) -> dict[str, Any] | str:
     """Compress to ``TARGET`` of the parameters, save, reload with plain transformers
-    (``trust_remote_code``); the removed fraction and the reload error, or the refusal."""
+    (``trust_remote_code``) and with ``sf.load_model``; the removed fraction and the larger reload
+    error, or the refusal."""
     try:
         result = _compress(family, method, tied, target_params=TARGET)
     except (UnsupportedModelError, ValueError) as exc:
         return refusal(exc)
     saved = Path(result.save(out))
     remote = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=True).eval()
+    loaded, _ = sf.load_model(saved)  # slimformer's loader: the saved section checked against the weights
     x = ids()
-    err = float((logits(remote, x) - logits(result.model, x)).abs().max())
+    ref = logits(result.model, x)
+    err = max(float((logits(m, x) - ref).abs().max()) for m in (remote, loaded))
     return {"removed": float(result.report["removed_fraction"]), "reload_err": err}
 
 

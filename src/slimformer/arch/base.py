@@ -111,7 +111,7 @@ class ArchAdapter:
     embed: str
     final_norm: str
     norm_kind: Literal["rms", "layer"]
-    attn_norm: str
+    attn_norm: str | None
     mlp_norm: str | None
     attn: str
     q: str

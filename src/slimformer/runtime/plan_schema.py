@@ -189,7 +189,7 @@ def validate_section(
     if base_config is not None:
         _validate_base_config(plan, base_config)
     if shapes is not None:
-        validate_against_header(plan, shapes)
+        validate_against_header(plan, internal_shapes(plan, shapes) if section.get("plain") else shapes)
 
 
 def _validate_hashes(hashes: Any) -> None:
@@ -424,6 +424,44 @@ def validate_against_header(plan: dict[str, Any], shapes: Mapping[str, tuple[int
     validate_plan(plan, shapes)
 
 
+def _part_rows(plan: Mapping[str, Any], bp: Mapping[str, Any], full_path: str) -> int | None:
+    """Output rows of the part at block-level ``full_path`` (a q/k/v or gate/up path of the plan)."""
+    rows = {"q": bp["q_out"], "k": bp["k_out"], "v": bp["v_out"], "gate": bp["mlp_width"], "up": bp["mlp_width"]}
+    return next((n for key, n in rows.items() if plan["paths"].get(key) == full_path), None)
+
+
+def internal_shapes(plan: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The shapes of a *plain* save's checkpoint as slimformer holds the model: a plain save writes the
+    family's own layout (fused ``qkv_proj`` / ``c_attn`` / ``query_key_value``, GPT-2's ``Conv1D``
+    ``[in, out]``, 3-D expert tensors); the plan describes the parts (``unfused``, ``conv1d``)."""
+    out = dict(shapes)
+    layers = plan["paths"]["layers"]
+    for i, bp in enumerate(plan["blocks"]):
+        pre = f"{layers}.{i}."
+        for path in plan.get("conv1d") or []:
+            key = pre + path + ".weight"
+            if key in out and len(out[key]) == 2:
+                out[key] = (out[key][1], out[key][0])  # Conv1D [in, out] -> nn.Linear [out, in]
+        for spec in plan.get("unfused") or []:
+            base = pre + spec["path"]
+            if spec.get("experts") is not None:
+                gate_up, down = out.pop(base + ".experts.gate_up_proj", None), out.pop(base + ".experts.down_proj", None)
+                if gate_up is not None and down is not None and len(gate_up) == 3 and len(down) == 3:
+                    for e in range(gate_up[0]):
+                        e_pre = f"{base}.experts.{e}."
+                        out[e_pre + "gate_proj.weight"] = out[e_pre + "up_proj.weight"] = (gate_up[1] // 2, gate_up[2])
+                        out[e_pre + "down_proj.weight"] = (down[1], down[2])
+                continue
+            fused = out.get(base + ".weight")
+            if fused is None or len(fused) != 2:
+                continue
+            for part in spec["parts"]:
+                rows = _part_rows(plan, bp, f"{spec['path']}.{part}")
+                if rows is not None:
+                    out.setdefault(f"{base}.{part}.weight", (rows, fused[1]))
+    return out
+
+
 def validate_plan(plan: dict[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Check the plan's widths against the checkpoint's tensor shapes; name the offending tensor."""
     paths = plan["paths"]
@@ -618,6 +656,7 @@ __all__ = [
     "SlimformerFormatError",
     "check_weights_sha256",
     "file_sha256",
+    "internal_shapes",
     "read_config_json",
     "validate_against_header",
     "validate_plan",
