@@ -1,10 +1,17 @@
 """Training DISP-LLM's hypernetwork on a frozen model, and turning it into exact hard masks.
 
-Loss per step (METHODS.md, "DISP-LLM"):  ``LM(model masked by h) + lam * |log(r / p)|``,
-``h`` the straight-through hard masks of :meth:`HyperNet.sample`, ``r`` their kept
-fraction of the attention + MLP parameters (:func:`kept_params`, differentiable) and
-``p`` the kept fraction that removes ``target_params`` of all parameters. Only the
-hypernetwork is trained (AdamW, constant learning rate); the model is frozen, in eval
+Loss per step (METHODS.md, "DISP-LLM"):  ``LM(model masked by m) + lam * |log(r / p)|``,
+``r`` the kept fraction of the attention + MLP parameters of hard masks ``h``
+(:func:`kept_params`, differentiable) and ``p`` the kept fraction that removes
+``target_params`` of all parameters. Which masks go where (:func:`training_masks`):
+
+* ``variant="library"``: ``m = h``, the straight-through (or ReinMax) hard masks of one
+  Gumbel draw, in both terms;
+* ``variant="reference"`` (official code): ``m`` the *soft* Gumbel-sigmoid masks of one
+  draw, values in (0, 1); ``h`` hard masks of a second, independent draw, used only in the
+  budget term.
+
+Only the hypernetwork is trained (AdamW, constant learning rate); the model is frozen, in eval
 mode (no dropout), and gets its ``requires_grad`` flags back afterwards.
 
 Reproducibility and resuming: step ``t`` draws its windows and its Gumbel noise from a
@@ -37,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ...arch import ArchAdapter
 from .config import DISPConfig
-from .hypernet import HyperNet, uniform_sizes
+from .hypernet import HyperNetBase, build_hypernet, uniform_sizes
 from .masks import (
     BlockMasks,
     BlockShapes,
@@ -69,7 +76,7 @@ class TrainResult:
         p: target kept fraction of attention + MLP parameters.
     """
 
-    hypernet: HyperNet
+    hypernet: HyperNetBase
     steps: int
     resumed_from: int
     seconds: float
@@ -174,7 +181,8 @@ def load_checkpoint(path: str | os.PathLike, key: dict[str, Any], fingerprint: s
         raise ValueError(f"{path} is not a DISP checkpoint of version {CHECKPOINT_VERSION}; delete it or pass "
                          "another --checkpoint")
     if state["key"] != key:
-        diff = {k: (state["key"].get(k), v) for k, v in key.items() if state["key"].get(k) != v}
+        diff = {k: (state["key"].get(k), key.get(k)) for k in {**state["key"], **key}
+                if state["key"].get(k) != key.get(k)}
         raise ValueError(f"DISP checkpoint {path} was written with other settings (checkpoint, now): {diff}; "
                          "use the same settings to resume, or delete it / pass another --checkpoint to start afresh")
     if state["fingerprint"] != fingerprint:
@@ -184,6 +192,22 @@ def load_checkpoint(path: str | os.PathLike, key: dict[str, Any], fingerprint: s
 
 
 # ----- training --------------------------------------------------------------------------
+def training_masks(net: HyperNetBase, config: DISPConfig,
+                   gen: torch.Generator) -> tuple[list[BlockMasks], list[BlockMasks]]:
+    """``(masks of the LM forward, hard masks of the budget term)`` of one training step.
+
+    Library: the same hard (straight-through / ReinMax) masks twice, one noise draw. Reference:
+    soft Gumbel-sigmoid masks (values in (0, 1)) for the LM loss, then hard masks of a second
+    draw for the budget term; one evaluation of the hypernetwork feeds both.
+    """
+    logits = net.logits()
+    if config.variant == "reference":
+        soft = net.soft_masks(logits, config.mask_temperature, gen)
+        return soft, net.hard_masks(logits, config.mask_temperature, gen, config.reinmax)
+    hard = net.hard_masks(logits, config.mask_temperature, gen, config.reinmax)
+    return hard, hard
+
+
 def regulariser(r: torch.Tensor, p: float) -> torch.Tensor:
     """``|log(r / p)|``: zero at the budget, symmetric in ratio."""
     return torch.abs(torch.log(r.clamp_min(1e-8) / p))
@@ -212,7 +236,8 @@ def train_hypernet(
     seqlen = check_calibration(calib_ids, config)
     p = kept_fraction_target(model, shapes, config.target_params)
     full = float(prunable_params(shapes))
-    net = HyperNet(len(shapes), uniform_sizes(mask_sizes(shapes)), config.hypernet_hidden, config.train_seed).to(dev)
+    net = build_hypernet(config.variant, len(shapes), uniform_sizes(mask_sizes(shapes)), config.hypernet_hidden,
+                         config.train_seed).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     key, fp = config.training_key(), _fingerprint(model, shapes, calib_ids)
     start, history = 0, []
@@ -243,10 +268,10 @@ def train_hypernet(
         for step in bar:
             gen = step_generator(config.train_seed, step)
             ids = sample_windows(calib_ids, config.batch, seqlen, gen).to(dev)
-            masks = net.sample(config.mask_temperature, gen)
-            hooks.masks = masks
+            lm_masks, budget_masks = training_masks(net, config, gen)
+            hooks.masks = lm_masks
             lm = model(input_ids=ids, labels=ids, use_cache=False).loss
-            r = kept_params(shapes, [m.to(torch.float32) for m in masks]) / full
+            r = kept_params(shapes, [m.to(torch.float32) for m in budget_masks]) / full
             reg = regulariser(r, p)
             loss = lm + config.lam * reg
             opt.zero_grad(set_to_none=True)
@@ -284,7 +309,7 @@ class ExactMasks:
 
 
 @torch.no_grad()
-def exact_masks(model: nn.Module, adapter: ArchAdapter, net: HyperNet, target_params: float,
+def exact_masks(model: nn.Module, adapter: ArchAdapter, net: HyperNetBase, target_params: float,
                 iters: int = 60) -> ExactMasks:
     """Noise-free hard masks with one global logit offset bisected to remove ``target_params``.
 
