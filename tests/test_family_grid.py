@@ -264,3 +264,54 @@ def test_gpt2_conv1d_comes_back_in_its_layout_and_slicing_needs_equal_ends(tmp_p
     with pytest.raises(UnsupportedModelError, match="--schedule uniform --slice-head") as info:
         sf.compress(grid.build("gpt2"), sf.SliceGPTConfig(sparsity=0.2), calib, progress=False)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("variant", [
+    {"new_decoder_architecture": False, "multi_query": True, "parallel_attn": True,
+     "num_ln_in_parallel_attn": None},  # Falcon-7B
+    {"new_decoder_architecture": True, "num_ln_in_parallel_attn": 1},  # one norm, grouped qkv
+    {"new_decoder_architecture": False, "multi_query": False, "parallel_attn": False,
+     "num_ln_in_parallel_attn": None, "num_kv_heads": 4},  # sequential, per-head qkv (MHA)
+])
+def test_falcon_variants_are_exact_and_keep_their_qkv_layout(variant: dict, tmp_path: Path) -> None:
+    """Each Falcon decoder variant gets its own description: SliceGPT exact at sparsity 0, FASP to the
+    target, and an MLP-only plain save whose fused query_key_value is the original tensor."""
+    from safetensors import safe_open
+
+    def model() -> torch.nn.Module:
+        m = grid.build("falcon")
+        cfg = m.config
+        for key, value in variant.items():
+            setattr(cfg, key, value)
+        torch.manual_seed(0)
+        fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+        with torch.no_grad():
+            for name, p in fresh.named_parameters():
+                if "ln" in name or name.endswith("bias"):
+                    p.add_(0.1 * torch.randn_like(p))
+        return fresh
+
+    x, calib = grid.ids(), grid.ids(8, 24, seed=2)
+    dense = grid.logits(model(), x)
+    sliced = sf.compress(model(), sf.SliceGPTConfig(sparsity=0.0), calib, progress=False)
+    assert (grid.logits(sliced.model, x) - dense).abs().max().item() <= grid.EXACT_TOL
+    pruned = sf.compress(model(), sf.FASPConfig(target_params=0.2, attention="heads"), calib, progress=False)
+    assert abs(pruned.report["removed_fraction"] - 0.2) <= grid.TARGET_TOL
+    reloaded = AutoModelForCausalLM.from_pretrained(pruned.save(tmp_path / "heads"), trust_remote_code=True).eval()
+    assert (grid.logits(reloaded, x) - grid.logits(pruned.model, x)).abs().max().item() <= grid.RELOAD_TOL
+    base = model()
+    qkv = base.transformer.h[0].self_attention.query_key_value.weight.detach().clone()
+    mlp = sf.compress(base, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
+    out = Path(mlp.save(tmp_path / "plain"))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("transformer.h.0.self_attention.query_key_value.weight"), qkv)
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert (grid.logits(plain, x) - grid.logits(mlp.model, x)).abs().max().item() <= grid.RELOAD_TOL
+
+
+def test_falcon_alibi_is_refused_in_one_line() -> None:
+    m = grid.build("falcon")
+    m.config.alibi = True
+    with pytest.raises(UnsupportedModelError, match="alibi") as info:
+        get_adapter(m)
+    assert "\n" not in str(info.value)

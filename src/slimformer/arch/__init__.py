@@ -27,8 +27,7 @@ def get_adapter(model_or_config: Any) -> ArchAdapter:
             f"unsupported architecture model_type={model_type!r}; "
             f"supported: {', '.join(supported_model_types())}"
         )
-    adapter.check(config)
-    return adapter
+    return adapter.for_config(config)
 
 
 def register_adapter(adapter: ArchAdapter) -> None:

@@ -82,6 +82,11 @@ class ArchAdapter:
         split_sizes: ``config -> {path: output rows of each part}`` for ``unfuse``.
         conv1d: block-level paths of GPT-2's ``Conv1D`` modules (``weight: [in, out]``); they become
             ``nn.Linear`` before anything else (exact), and a plain save transposes them back.
+        tuple_output: the model reads a block's output as ``block(...)[0]`` (Falcon).
+        as_linear: block-level paths of ``nn.Linear`` subclasses with their own forward (Falcon's
+            ``FalconLinear``), held as plain ``nn.Linear`` while compressing (same parameters).
+        specialize: ``config -> adapter`` for families whose layout depends on the config (Falcon's
+            decoder variants); :func:`slimformer.arch.get_adapter` applies it after ``validate``.
         same_width_ends: the model reshapes its final hidden states to the embedding width (GPT-2's
             ``view(output_shape)``): residual slicing must give the head input the embedding's width
             (``schedule="uniform"`` with ``slice_head``).
@@ -138,6 +143,9 @@ class ArchAdapter:
     qk_norm_over_heads: bool = False
     interleaved_qkv: tuple[str, ...] = ()
     conv1d: tuple[str, ...] = ()
+    tuple_output: bool = False
+    as_linear: tuple[str, ...] = ()
+    specialize: Callable[[Any], "ArchAdapter"] | None = field(default=None, compare=False)
     same_width_ends: bool = False
     block_args: tuple[str, ...] = ()
     unfuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -265,6 +273,8 @@ class ArchAdapter:
             lay.update(mlp=None, fc_in=self.up, fc_out=self.down, act=getattr(config, self.act_config_attr))
         if self.block_args:
             lay["positional"] = list(self.block_args)
+        if self.tuple_output:
+            lay["tuple_output"] = True
         for key in ("attn_post_norm", "mlp_post_norm"):  # only where the family has them
             if getattr(self, key) is not None:
                 lay[key] = getattr(self, key)
@@ -292,6 +302,11 @@ class ArchAdapter:
         """Raise UnsupportedModelError if this variant of the family is unsupported."""
         if self.validate is not None:
             self.validate(config)
+
+    def for_config(self, config: Any) -> "ArchAdapter":
+        """The adapter of this config's variant of the family (itself unless ``specialize`` says otherwise)."""
+        self.check(config)
+        return self if self.specialize is None else self.specialize(config)
 
     def get_layers(self, model: nn.Module) -> nn.ModuleList:
         return get_module(model, self.layers)  # type: ignore[return-value]

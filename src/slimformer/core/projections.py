@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter
-from ..runtime.modeling_slimformer import ExpertList, FusedLinear, conv1d_to_linear, split_experts, split_linear
+from ..runtime.modeling_slimformer import (ExpertList, FusedLinear, as_plain_linear, conv1d_to_linear, split_experts,
+                                           split_linear)
 
 logger = logging.getLogger("slimformer.core.projections")
 
@@ -25,11 +26,13 @@ def split_projections(model: nn.Module, adapter: ArchAdapter, layers: Any = None
     """Hold every fused projection of ``model`` (or of the given ``layers``) as parts, in place.
 
     Returns the number of linears split (0 when already split or the family fuses nothing)."""
-    if not adapter.unfuse and adapter.experts is None and not adapter.conv1d:
+    if not adapter.unfuse and adapter.experts is None and not adapter.conv1d and not adapter.as_linear:
         return 0
     sizes = adapter.split_sizes(model.config) if adapter.split_sizes is not None else {}
     count = 0
     for block in adapter.get_layers(model) if layers is None else layers:
+        for path in adapter.as_linear:  # Falcon's FalconLinear -> nn.Linear (same parameters)
+            as_plain_linear(block, path)
         for path in adapter.conv1d:  # GPT-2's Conv1D -> nn.Linear first (the parts are linears)
             if not isinstance(block.get_submodule(path), (nn.Linear, FusedLinear)):
                 conv1d_to_linear(block, path)
@@ -72,8 +75,8 @@ def fuse_state(state: dict[str, torch.Tensor], adapter: ArchAdapter, n_layers: i
                 keys = [f"{base}.{part}.{kind}" for part in parts]
                 if all(k in out for k in keys):
                     tensors = [out.pop(k) for k in keys]
-                    if hd is not None:  # rows grouped per head again: [heads, rows of each part, ...]
-                        heads = tensors[0].shape[0] // hd
+                    if hd is not None:  # rows grouped per head / kv group again: [groups, rows of each part, ...]
+                        heads = tensors[-1].shape[0] // hd
                         tensors = [torch.cat([t.unflatten(0, (heads, -1)) for t in tensors], 1).flatten(0, 1)]
                     out[f"{base}.{kind}"] = torch.cat(tensors, dim=0)
                 elif any(k in out for k in keys):

@@ -73,7 +73,7 @@ def plain_config_changes(model: nn.Module) -> dict[str, Any]:
                                    f"{sorted(widths)} and a config has one")
         changes[adapter.shared_expert_width_config_attr] = widths.pop()
     heads = head_counts(plan, cfg)[0]
-    if heads != base_head_counts(cfg):
+    if heads[0] != base_head_counts(cfg)[0]:  # query heads (whole GQA groups go, so kv heads follow them)
         changes.update(num_attention_heads=heads[0], head_dim=base_head_dim(cfg))
         if "num_key_value_heads" in cfg:
             changes["num_key_value_heads"] = heads[1]

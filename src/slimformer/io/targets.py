@@ -111,11 +111,11 @@ def plain_blockers(plan: dict[str, Any], config: dict[str, Any]) -> list[str]:
     if not _uniform(heads):
         out.append(f"its attention head counts differ per layer ({sorted(set(heads))}) and a config has one; "
                    "compress with --schedule uniform (or --exportable hf)")
-    elif heads and heads[0] != base_head_counts(config) \
+    elif heads and heads[0][0] != base_head_counts(config)[0] \
             and plan.get("model_type") not in HEAD_DIM_CONFIGURABLE:
         out.append(f"{plan.get('model_type')}'s attention derives the head dim from hidden_size, so fewer heads "
                    "cannot be written in its config; compress with --attention none")
-    elif heads and heads[0] != base_head_counts(config) and heads[0][0] and \
+    elif heads and heads[0][0] != base_head_counts(config)[0] and heads[0][0] and \
             int(standard_config(config).get("hidden_size") or 0) % heads[0][0]:
         out.append(f"{heads[0][0]} heads do not divide hidden_size {standard_config(config).get('hidden_size')}, "
                    "which some transformers configs require (Llama's); it loads with the saved runtime")

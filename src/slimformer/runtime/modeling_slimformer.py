@@ -214,9 +214,14 @@ class SlimBlock(nn.Module):
                 raise TypeError("SlimBlock expects keyword arguments after hidden_states")
             kwargs = {**dict(zip(names, args)), **kwargs}
         if self.parallel:  # out: [batch, seq, d_out]
-            return self._shortcut(hidden_states, self.attn_shortcut) + self.parallel_branches(hidden_states, kwargs)
+            return self._output(self._shortcut(hidden_states, self.attn_shortcut)
+                                + self.parallel_branches(hidden_states, kwargs))
         mid = self._shortcut(hidden_states, self.attn_shortcut) + self.attn_branch(hidden_states, kwargs)  # [b, s, d_mid]
-        return self._shortcut(mid, self.mlp_shortcut) + self.mlp_branch(mid)  # [batch, seq, d_out]
+        return self._output(self._shortcut(mid, self.mlp_shortcut) + self.mlp_branch(mid))  # [batch, seq, d_out]
+
+    def _output(self, out: torch.Tensor) -> Any:
+        """Falcon's model reads ``block(...)[0]``: a one-tuple there, the tensor everywhere else."""
+        return (out,) if self.layout.get("tuple_output") else out
 
 
 # ----------------------------------------------------------------------------------
@@ -352,12 +357,17 @@ def head_wrapped(lin: nn.Linear, cls: type, head_dim: int, kept_dim: int) -> nn.
 def set_attention_heads(attn: nn.Module, v_path: str, o_path: str, n_heads: int, head_dim: int,
                         v_head_dim: int) -> None:
     """Give one attention module its head count and value head dim (paths relative to ``attn``)."""
+    attn_heads_before = int(getattr(attn, "num_heads", n_heads))
     for name in HEAD_COUNT_ATTRS:
         if hasattr(attn, name):
             setattr(attn, name, int(n_heads))
     if isinstance(getattr(attn, "split_size", None), int):  # GPT-2 splits its fused qkv output by it
         attn.split_size = int(n_heads) * int(getattr(attn, "head_dim", head_dim))
     groups = getattr(attn, "num_key_value_groups", None)  # whole GQA groups go: the ratio is unchanged
+    if isinstance(getattr(attn, "num_kv_heads", None), int):  # Falcon: the q-per-kv ratio, before n_heads is set
+        ratio = getattr(attn, "_slim_kv_ratio", None) or max(1, attn_heads_before // max(1, attn.num_kv_heads))
+        attn._slim_kv_ratio = ratio
+        attn.num_kv_heads = max(1, int(n_heads) // ratio)
     if isinstance(getattr(attn, "num_key_value_heads", None), int) and isinstance(groups, int) and groups > 0:
         attn.num_key_value_heads = int(n_heads) // groups  # (StableLM reshapes k/v with it)
     cfg = getattr(attn, "config", None)  # Phi-3 splits its fused qkv with config.num_attention_heads:
@@ -408,9 +418,10 @@ def apply_head_shapes(model: nn.Module, plan: dict[str, Any]) -> None:
 class FusedLinear(nn.Module):
     """``x: [.., in] -> cat([part(x) for part in parts], -1)``; the parts are child modules.
 
-    With ``head_dim`` the fused rows are grouped per head (GPT-NeoX's ``query_key_value``: head 0's
-    q, k, v rows, then head 1's, ...): each part's output ``[.., n_heads * w]`` is split into its
-    heads and the parts are concatenated head by head, ``[.., n_heads * (w_q + w_k + w_v)]``.
+    With ``head_dim`` the fused rows are grouped per head or kv group (GPT-NeoX's ``query_key_value``:
+    head 0's q, k, v rows, then head 1's, ...; Falcon-40B's: group 0's q heads, k, v, then group 1's):
+    each part's output is split into the groups (as many as the last part has ``head_dim`` rows)
+    and the parts are concatenated group by group.
     """
 
     def __init__(self, parts: dict[str, nn.Module], head_dim: int | None = None) -> None:
@@ -436,8 +447,8 @@ class FusedLinear(nn.Module):
         outs = [p(x) for p in self.parts]
         if self.head_dim is None:
             return torch.cat(outs, dim=-1)
-        heads = outs[0].shape[-1] // self.head_dim  # the first part (q) has head_dim rows per head
-        return torch.cat([o.unflatten(-1, (heads, -1)) for o in outs], dim=-1).flatten(-2)
+        groups = outs[-1].shape[-1] // self.head_dim  # the last part (v) has head_dim rows per group
+        return torch.cat([o.unflatten(-1, (groups, -1)) for o in outs], dim=-1).flatten(-2)
 
     def extra_repr(self) -> str:
         return f"parts={','.join(self.part_names)}" + (f", per_head={self.head_dim}" if self.head_dim else "")
@@ -445,11 +456,11 @@ class FusedLinear(nn.Module):
 
 def part_rows(sizes: list[int], head_dim: int | None = None) -> list[torch.Tensor]:
     """Row indices of each part in the fused weight: consecutive blocks, or (``head_dim``: rows grouped
-    per head, ``sizes[0] // head_dim`` heads) each part's rows of every head."""
+    per head or kv group, ``sizes[-1] // head_dim`` groups) each part's rows of every group."""
     if head_dim is None:
         starts = [sum(sizes[:j]) for j in range(len(sizes))]
         return [torch.arange(a, a + n) for a, n in zip(starts, sizes)]
-    heads = sizes[0] // head_dim
+    heads = sizes[-1] // head_dim
     per_head = [n // heads for n in sizes]
     chunk = sum(per_head)
     offs = [sum(per_head[:j]) for j in range(len(sizes))]
@@ -592,6 +603,18 @@ def set_router_width(router: nn.Module) -> None:
     w = getattr(router, "weight", None)
     if hasattr(router, "hidden_dim") and isinstance(w, torch.Tensor):
         router.hidden_dim = int(w.shape[-1])
+
+
+def as_plain_linear(root: nn.Module, path: str) -> nn.Linear:
+    """Replace a subclass of ``nn.Linear`` with its own forward (Falcon's ``FalconLinear``) by a plain
+    ``nn.Linear`` sharing its parameters (the same map; methods and wrappers expect plain linears)."""
+    lin = module_at(root, path)
+    if type(lin) is nn.Linear or not isinstance(lin, nn.Linear):
+        return lin
+    new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+    new.weight, new.bias = lin.weight, lin.bias
+    set_module_at(root, path, new)
+    return new
 
 
 def conv1d_to_linear(root: nn.Module, path: str) -> nn.Linear:

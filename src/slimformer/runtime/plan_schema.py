@@ -287,6 +287,8 @@ def _validate_layout(layout: Any, fused: bool) -> None:
     _module_path("plan.layout.attn_norm", layout["attn_norm"], none_ok=not fused)  # OLMo-2: no pre-norms
     if "parallel" in layout:
         _bool("plan.layout.parallel", layout["parallel"])
+    if "tuple_output" in layout:
+        _bool("plan.layout.tuple_output", layout["tuple_output"])
     positional = layout.get("positional")
     if positional is not None and (not isinstance(positional, list) or len(positional) > 8 or not all(
             isinstance(n, str) and n.isidentifier() and not n.startswith("_") for n in positional)):
