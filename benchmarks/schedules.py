@@ -5,6 +5,14 @@ removed (``target_params``), compress a fresh copy with every schedule and
 measure perplexity. Results: docs/schedules.md (table) and docs/schedules.json.
 
     python benchmarks/schedules.py [--threads 2] [--targets 0.15 0.25] [--models stories260k opt-fixture aidreams260k]
+    python benchmarks/schedules.py --heldout [--targets 0.2 0.3]   # docs/schedules.json "heldout" key
+
+``--heldout`` re-makes the choice of the layer-redundancy slicing base ratio (``SB = r * SP``)
+and of the global schedule's temperature (SliceGPT, and FASP with whole heads) on *held-out
+calibration windows* only: each setting calibrates on the first 90% of the calibration
+windows and is scored by its perplexity on the last 10% (``split_calibration`` /
+``heldout_nll``, as ``auto``). The evaluation text is read only to report the perplexity of
+the setting chosen that way next to the library default's; it never enters a choice.
 
 Settings per model:
 * stories260k: calibration 128 x 256 tokens of the TinyStories train prefix (seed 42);
@@ -20,7 +28,9 @@ Settings per model:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import logging
 import os
 import time
@@ -31,7 +41,10 @@ from typing import Any, Callable
 import torch
 
 import slimformer as sf
+import slimformer.methods._shared.pruning as _pruning
+import slimformer.schedule as _schedule
 from slimformer.eval import perplexity
+from slimformer.methods._shared.selection import heldout_nll, split_calibration
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
@@ -168,6 +181,164 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ----- --heldout: slicing base and temperature chosen on held-out calibration windows -----
+
+HELDOUT_FRACTION = 0.1  # as AutoConfig.holdout
+BASE_RATIOS = (0.25, 0.5, 0.75, 1.0)  # SB = r * SP; r = 1 slices every block by SP (uniform, 1-dim steps)
+TEMPERATURES = (0.05, 0.15, 0.5, 1.0)
+HELDOUT_MODELS = ("stories260k", "opt-fixture")
+
+
+class _patched:
+    """Temporarily set the layer-redundancy base ratio or FASP's global temperature.
+
+    ``slicing_base`` in the configs is absolute (a fraction of ``d``), but with ``target_params``
+    the mean slicing ``SP`` is found by bisection, so a *ratio* ``SB / SP`` can only be swept
+    through the library default ``DEFAULT_BASE_RATIO`` (read by ``LayerRedundancy.base`` at
+    call time). FASP has no temperature field: its global schedule is built by
+    ``make_schedule(config.schedule)`` in ``_shared/pruning.py``, wrapped here.
+    """
+
+    def __init__(self, base_ratio: float | None = None, fasp_temperature: float | None = None) -> None:
+        self.base_ratio, self.fasp_temperature = base_ratio, fasp_temperature
+
+    def __enter__(self) -> "_patched":
+        self._ratio, self._make = _schedule.DEFAULT_BASE_RATIO, _pruning.make_schedule
+        if self.base_ratio is not None:
+            _schedule.DEFAULT_BASE_RATIO = self.base_ratio
+        if self.fasp_temperature is not None:
+            orig, t = self._make, self.fasp_temperature
+            _pruning.make_schedule = lambda name, **kw: orig(name, **({"temperature": t, **kw} if name == "global"
+                                                                      else kw))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _schedule.DEFAULT_BASE_RATIO, _pruning.make_schedule = self._ratio, self._make
+
+
+def heldout_families(target: float) -> list[tuple[str, str, float, Any, Callable[[], _patched]]]:
+    """(family, knob, value, config, patch) for every swept setting at ``target``."""
+    out: list[tuple[str, str, float, Any, Callable[[], _patched]]] = []
+    for r in BASE_RATIOS:
+        out.append(("slicegpt layer-redundancy", "base ratio SB/SP", r,
+                    sf.SliceGPTConfig(target_params=target, schedule="layer-redundancy"),
+                    lambda r=r: _patched(base_ratio=r)))
+    for t in TEMPERATURES:
+        out.append(("slicegpt global", "temperature", t,
+                    sf.SliceGPTConfig(target_params=target, schedule="global", temperature=t), lambda: _patched()))
+    for t in TEMPERATURES:
+        out.append(("fasp heads global", "temperature", t,
+                    sf.FASPConfig(target_params=target, attention="heads", schedule="global"),
+                    lambda t=t: _patched(fasp_temperature=t)))
+    return out
+
+
+HELDOUT_DEFAULTS = {"slicegpt layer-redundancy": 0.5, "slicegpt global": 0.15, "fasp heads global": 0.15}
+
+
+def run_heldout(name: str, targets: list[float]) -> dict[str, Any]:
+    """Sweep every knob on ``name``; choose on held-out windows; evaluate chosen and default."""
+    setting = SETTINGS[name]()
+    base, tok = sf.load_model(str(setting.path), dtype="float32")
+    ids = setting.calib(base, tok)
+    ids = getattr(ids, "input_ids", ids)
+    train, held = split_calibration(ids, HELDOUT_FRACTION)
+    dense_held = math.exp(heldout_nll(base, held, 16, torch.device("cpu")))
+    res: dict[str, Any] = {"note": setting.note, "calibration_windows": int(train.shape[0]),
+                           "heldout_windows": int(held.shape[0]), "dense_heldout_ppl": dense_held,
+                           "dense_ppl": setting.evaluate(base, tok), "rows": [], "choices": []}
+    t_start = time.perf_counter()
+    for target in targets:
+        models: dict[tuple[str, float], torch.nn.Module] = {}
+        for family, knob, value, config, patch in heldout_families(target):
+            model = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"target": target, "family": family, "knob": knob, "value": value}
+            try:
+                with patch():
+                    result = sf.compress(model, config, train, progress=False)
+            except ValueError as exc:  # an unreachable setting is reported, not hidden
+                row["error"] = str(exc).splitlines()[0]
+            else:
+                rep = result.report
+                row.update(removed=rep["removed_fraction"], sparsity=rep.get("sparsity"),
+                           heldout_ppl=math.exp(heldout_nll(result.model, held, 16, torch.device("cpu"))),
+                           seconds=round(time.perf_counter() - t0, 2))
+                models[(family, value)] = result.model
+            res["rows"].append(row)
+            print(name, json.dumps(row), flush=True)
+        for family, default in HELDOUT_DEFAULTS.items():
+            rows = [r for r in res["rows"] if r["target"] == target and r["family"] == family and "error" not in r]
+            best = min(rows, key=lambda r: r["heldout_ppl"])
+            dflt = next(r for r in rows if r["value"] == default)
+            # the evaluation text is read only now, after the choice, for the chosen and the default model
+            for r in {id(best): best, id(dflt): dflt}.values():
+                r["eval_ppl"] = setting.evaluate(models[(family, r["value"])], tok)
+            res["choices"].append({"target": target, "family": family, "knob": best["knob"], "default": default,
+                                   "chosen": best["value"], "default_heldout_ppl": dflt["heldout_ppl"],
+                                   "chosen_heldout_ppl": best["heldout_ppl"], "default_eval_ppl": dflt["eval_ppl"],
+                                   "chosen_eval_ppl": best["eval_ppl"]})
+            print(name, json.dumps(res["choices"][-1]), flush=True)
+        del models
+    res["seconds"] = round(time.perf_counter() - t_start, 1)
+    return res
+
+
+def heldout_markdown(results: dict[str, Any]) -> str:
+    lines = ["\n## Held-out choice of slicing base and temperature\n",
+             "Generated by `python benchmarks/schedules.py --heldout` (key `heldout` in docs/schedules.json). "
+             "Every setting is calibrated on the first 90% of the calibration windows and scored **only** on "
+             "the held-out last 10% (`split_calibration` / `heldout_nll`, as `auto`); \"chosen\" is the setting "
+             "with the lowest held-out perplexity. The evaluation text is read only afterwards, for the chosen "
+             "setting and the library default. The slicing base is swept as a ratio `SB = r * SP` (the library "
+             "default is r = 0.5, `DEFAULT_BASE_RATIO`; r = 1 slices every block by SP); FASP uses "
+             "`attention=heads, schedule=global`. Budgets are `target_params` (fraction of all parameters "
+             "removed).\n"]
+    for name, res in results.items():
+        lines.append(f"\n### {name} ({res['note']}); dense eval ppl {res['dense_ppl']:.3f}, dense held-out ppl "
+                     f"{res['dense_heldout_ppl']:.3f} ({res['calibration_windows']} calibration + "
+                     f"{res['heldout_windows']} held-out windows; {res['seconds']:.0f} s)\n")
+        if res.get("provenance"):
+            lines.append(f"Note: {res['provenance']}.\n")
+        lines.append("| removed | family | knob | value | achieved removed | held-out ppl | eval ppl |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in res["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['target']:.2f} | {r['family']} | {r['knob']} | {r['value']} | unreachable | "
+                             f"{r['error']} | |")
+                continue
+            ev = f"{r['eval_ppl']:.3f}" if "eval_ppl" in r else "-"
+            lines.append(f"| {r['target']:.2f} | {r['family']} | {r['knob']} | {r['value']} | {r['removed']:.4f} | "
+                         f"{r['heldout_ppl']:.3f} | {ev} |")
+    lines.append("\n### Chosen vs default\n")
+    lines.append("Decision rule (fixed before the run): a library default changes only if the held-out windows "
+                 "prefer the same other value in every cell (both models, both budgets).\n")
+    for family, default in HELDOUT_DEFAULTS.items():
+        picks = [(name, c["target"], c["chosen"]) for name, res in results.items() for c in res["choices"]
+                 if c["family"] == family]
+        values = {v for _, _, v in picks}
+        verdict = (f"always {default} (the default): the held-out data agrees with it" if values == {default} else
+                   f"always {next(iter(values))}: the held-out data prefers it over {default}" if len(values) == 1
+                   else "mixed (" + ", ".join(f"{n} {t:.0%}: {v}" for n, t, v in picks) + f"); default {default} kept")
+        lines.append(f"* **{family}**: {verdict}.")
+    lines.append("")
+    lines.append("| model | target | family | default | chosen on held-out | achieved removed (default → chosen) | "
+                 "held-out ppl (default → chosen) | eval ppl (default → chosen) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for name, res in results.items():
+        for c in res["choices"]:
+            removed = {r["value"]: r["removed"] for r in res["rows"]
+                       if r["target"] == c["target"] and r["family"] == c["family"] and "error" not in r}
+            lines.append(f"| {name} | {c['target']:.2f} | {c['family']} | {c['default']} | {c['chosen']} | "
+                         f"{removed[c['default']]:.4f} → {removed[c['chosen']]:.4f} | "
+                         f"{c['default_heldout_ppl']:.3f} → {c['chosen_heldout_ppl']:.3f} | "
+                         f"{c['default_eval_ppl']:.3f} → {c['chosen_eval_ppl']:.3f} |")
+    lines.append("\nFASP with whole heads moves in coarse steps (one KV group of a block at a time), so settings at "
+                 "one target can remove slightly different fractions; compare the achieved column before reading a "
+                 "small perplexity difference.")
+    return "\n".join(lines) + "\n"
+
+
 HEADER = """# Schedules at equal parameter count
 
 Generated by `python benchmarks/schedules.py` (SliceGPT rotation and slicing in every
@@ -177,6 +348,12 @@ row; only the per-layer widths differ). "target removed" is the requested fracti
 schedule row is solved by bisection for the target; the "uniform, width k" row is the
 uniform model one width step on the other side of the target, because uniform
 widths move in coarse steps. Lower perplexity is better.
+
+The small "SB = ..." and "global T ..." sweeps in these tables are scored on the
+*evaluation* text, so they show sensitivity and must not be used to choose a setting.
+The library defaults (`DEFAULT_BASE_RATIO` = 0.5, i.e. SB = SP/2: the halfway base; temperature
+0.15: the unofficial MoDeGPT code's value) are checked on held-out calibration windows
+only in the last section, "Held-out choice of slicing base and temperature".
 """
 
 
@@ -187,9 +364,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(REPO / "docs" / "schedules.json"))
     p.add_argument("--md", default=str(REPO / "docs" / "schedules.md"))
+    p.add_argument("--heldout", action="store_true",
+                   help="choose the slicing base ratio and temperatures on held-out calibration windows "
+                        "(stories260k, opt-fixture; default targets 0.2 0.3); adds the 'heldout' key and section")
+    p.add_argument("--render", action="store_true", help="rewrite the markdown from the json only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    if args.render:
+        _write(json.loads(Path(args.json).read_text()), args)
+        return
+    if args.heldout:
+        models = [m for m in args.models if m in HELDOUT_MODELS] if args.models != list(SETTINGS) else list(HELDOUT_MODELS)
+        targets = args.targets if args.targets != [0.15, 0.25] else [0.2, 0.3]
+        new = {name: run_heldout(name, targets) for name in models}
+        data = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+        done = {**data.get("heldout", {}).get("models", {}), **new}  # one model per run is fine: merged by name
+        data["heldout"] = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": args.threads,
+                           "holdout": HELDOUT_FRACTION, "targets": targets,
+                           "models": {m: done[m] for m in HELDOUT_MODELS if m in done}}
+        _write(data, args)
+        return
     results: dict[str, Any] = {}
     for name in args.models:
         setting = SETTINGS[name]()
@@ -210,8 +405,18 @@ def main() -> None:
                 res["rows"].append(nrow)
                 print(name, json.dumps(nrow), flush=True)
         results[name] = res
-    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
+    old = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    if "heldout" in old:
+        results["heldout"] = old["heldout"]  # keep the held-out sweep (rerun with --heldout)
+    _write(results, args)
+
+
+def _write(data: dict[str, Any], args: argparse.Namespace) -> None:
+    """docs/schedules.json and docs/schedules.md from the schedule table and the held-out sweep."""
+    Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    table = markdown({k: v for k, v in data.items() if k != "heldout"})
+    if "heldout" in data:
+        table += "\n" + heldout_markdown(data["heldout"]["models"])
     Path(args.md).write_text(HEADER + table + "\n")
     print(table)
 
