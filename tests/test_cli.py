@@ -40,11 +40,12 @@ def test_compress_then_eval(tmp_path: Path, stories_dir: Path, tinystories_train
 
 
 @pytest.fixture
-def gpt2_dir(tmp_path: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def bloom_dir(tmp_path: Path) -> Path:
+    """A family slimformer does not describe (BLOOM: ALiBi, per-head fused qkv)."""
+    from transformers import BloomConfig, BloomForCausalLM
 
-    d = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(d)
+    d = tmp_path / "bloom"
+    BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=64)).save_pretrained(d)
     return d
 
 
@@ -80,10 +81,10 @@ def test_bad_inputs_one_line_error_no_output(case: str, tmp_path: Path, stories_
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_architecture(tmp_path: Path, gpt2_dir: Path, tinystories_train: Path, capsys) -> None:
-    code, _, err = _run(["compress", str(gpt2_dir), "--method", "slicegpt", "--sparsity", "0.1",
+def test_unknown_architecture(tmp_path: Path, bloom_dir: Path, tinystories_train: Path, capsys) -> None:
+    code, _, err = _run(["compress", str(bloom_dir), "--method", "slicegpt", "--sparsity", "0.1",
                          "--calib", str(tinystories_train), "--out", str(tmp_path / "out")], capsys)
-    assert code == 2 and "unsupported architecture model_type='gpt2'" in err and "llama" in err
+    assert code == 2 and "unsupported architecture model_type='bloom'" in err and "llama" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -209,3 +209,22 @@ def test_cli_errors_are_one_line(tmp_path: Path, extra: list[str], message: str,
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("slimformer: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("config", [sf.FASPConfig(sparsity=0.3), sf.MoDeGPTConfig(sparsity=0.3)])
+def test_head_reshaping_linears_are_left_frozen(config, caplog: pytest.LogCaptureFixture) -> None:
+    """Value channels / q-k dims pruned per head are computed by linears that pad, slice or scatter
+    head dims (found by the leaderboard: LoRA around them added updates of the wrong shape). The
+    default targets leave them frozen with a warning and train the rest; naming one is an error."""
+    calib = torch.randint(0, VOCAB, (8, 24), generator=torch.Generator().manual_seed(1))
+    pruned = sf.compress(make_model("llama"), config, calib, progress=False)
+    before = _logits(pruned.model, _probe())
+    with caplog.at_level("WARNING", logger="slimformer.finetune.lora"):
+        res = sf.finetune(pruned.model, _stream(), _small(), progress=False)
+    assert "head-reshaping linears" in caplog.text
+    after = _logits(res.model, _probe())
+    assert torch.isfinite(after).all() and not torch.allclose(after, before)  # the other targets trained
+    with pytest.raises(ValueError, match="pad or scatter pruned head dims") as info:
+        sf.finetune(sf.compress(make_model("llama"), config, calib, progress=False).model, _stream(),
+                    _small(targets=("v",)), progress=False)
+    assert "\n" not in str(info.value)

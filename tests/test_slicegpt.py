@@ -127,10 +127,10 @@ def test_config_validation(kwargs: dict, match: str) -> None:
 
 
 def test_unknown_architecture_lists_supported() -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BloomConfig, BloomForCausalLM
 
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
-    with pytest.raises(sf.UnsupportedModelError, match="supported: .*llama.*opt.*phi"):
+    model = BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=64))
+    with pytest.raises(sf.UnsupportedModelError, match="model_type='bloom'; supported: .*llama.*opt.*phi"):
         sf.compress(model, sf.SliceGPTConfig(sparsity=0.1), _calib())
 
 

@@ -8,6 +8,7 @@ weights, so the merged model has exactly the input model's shapes.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import torch
@@ -15,7 +16,8 @@ from torch import nn
 
 from ..arch import ArchAdapter, get_adapter, get_module
 from ..finetune_config import LINEAR_ROLES, SHORTCUT_ROLES, TARGET_ROLES, FinetuneConfig
-from ..runtime.modeling_slimformer import GatherInLinear, ScatterOutLinear
+from ..runtime.modeling_slimformer import (GatherInLinear, HeadPadOutLinear, HeadScatterOutLinear,
+                                           HeadSliceInLinear, ScatterOutLinear)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -36,6 +38,13 @@ def _aliases(adapter: ArchAdapter) -> dict[str, str]:
     return names
 
 
+logger = logging.getLogger("slimformer.finetune.lora")
+
+#: linears whose forward pads / slices / scatters pruned head dims: their weight is not the map they
+#: compute, so a peft LoRA layer around one adds an update of the wrong shape (they are left frozen)
+HEAD_WRAPPERS = (HeadPadOutLinear, HeadSliceInLinear, HeadScatterOutLinear)
+
+
 def resolve_targets(model: nn.Module, targets: tuple[str, ...] | None) -> dict[str, list[str]]:
     """Full module names of the LoRA targets, per role.
 
@@ -49,6 +58,10 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...] | None) -> dict[s
     Raises:
         ValueError: an unknown name (the message lists the valid ones), or a role that
             matches no module of this model (e.g. ``mlp_shortcut`` on an unrotated model).
+
+    Head-reshaping linears (value channels or q/k dims pruned per head) are left out with a
+    warning; a role made only of them is dropped from the default targets, and an explicitly
+    requested one is a ValueError.
     """
     adapter = get_adapter(model)
     aliases = _aliases(adapter)
@@ -62,6 +75,7 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...] | None) -> dict[s
             f"(or {', '.join(a for a in aliases if a not in TARGET_ROLES)})"
         )
     resolved: dict[str, list[str]] = {}
+    reshaped: list[str] = []
     for role in dict.fromkeys(aliases[t] for t in wanted):
         if role not in paths:
             raise ValueError(f"LoRA target {role} does not exist in a {adapter.name} model; valid targets: "
@@ -73,12 +87,22 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...] | None) -> dict[s
                 raise ValueError(f"LoRA cannot wrap {role} of block {i}: it reads/writes a subset of the residual "
                                  "channels (a DISP model), which peft's LoRA layers do not know about; fine-tuning "
                                  "DISP-compressed models is not supported yet")
-            if isinstance(module, nn.Linear):
+            if isinstance(module, HEAD_WRAPPERS):
+                reshaped.append(f"{role} of block {i}")
+            elif isinstance(module, nn.Linear):
                 names.append(f"{adapter.layers}.{i}.{paths[role]}")
+        if not names and reshaped and targets is None:
+            continue  # every block's linear of this role is head-reshaped: the default targets skip the role
         if not names:
-            raise ValueError(f"LoRA target {role} matches no module: this model has no {role} "
-                             "(identity shortcuts are not stored); drop it from the targets")
+            why = ("its linears pad or scatter pruned head dims (value channels / q-k dims per head), which "
+                   "peft's LoRA layers do not know about" if reshaped else
+                   f"this model has no {role} (identity shortcuts are not stored)")
+            raise ValueError(f"LoRA target {role} matches no module: {why}; drop it from the targets")
         resolved[role] = names
+    if reshaped:
+        logger.warning("LoRA skips %d head-reshaping linears (pruned value channels or q/k dims per head: %s%s); "
+                       "the other targets are trained", len(reshaped), ", ".join(reshaped[:3]),
+                       ", ..." if len(reshaped) > 3 else "")
     return resolved
 
 
