@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import slimformer as sf
+from common import SETUPS  # benchmarks/common.py
 from slimformer.eval import perplexity
 from slimformer.methods.auto import parse_candidates
 from slimformer.methods.auto.apply import split_calibration
@@ -28,13 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
 OUT = REPO / "docs" / "auto.json"
 
-SETUPS = {  # as benchmarks/fasp.py: calibration text, evaluation text (never used for a choice)
-    "stories260k": {"calib": "data/tinystories/tinystories_train_prefix.txt", "samples": 128, "seqlen": 256,
-                    "eval": "data/tinystories/tinystories_valid_prefix.txt", "eval_seqlen": 512,
-                    "eval_tokens": 100_000},
-    "opt-fixture": {"calib": "data/wikitext2/wiki.valid.raw", "samples": 64, "seqlen": 256,
-                    "eval": "data/wikitext2/wiki.test.raw", "eval_seqlen": 256, "eval_tokens": 40_000},
-}
 
 
 def run(name: str, target: float) -> dict[str, Any]:

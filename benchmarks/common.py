@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
+#: the real models' text (paths under ../shared): calibration text, and the evaluation text that
+#: is never used for a choice; calibration sizes as in benchmarks/fasp.py
+SETUPS = {
+    "stories260k": {"calib": "data/tinystories/tinystories_train_prefix.txt", "samples": 128, "seqlen": 256,
+                    "eval": "data/tinystories/tinystories_valid_prefix.txt", "eval_seqlen": 512,
+                    "eval_tokens": 100_000},
+    "opt-fixture": {"calib": "data/wikitext2/wiki.valid.raw", "samples": 64, "seqlen": 256,
+                    "eval": "data/wikitext2/wiki.test.raw", "eval_seqlen": 256, "eval_tokens": 40_000},
+}
+
 
 def llama_config(hidden: int = 1024, mlp: int = 2816, heads: int = 16, layers: int = 8,
                  vocab: int = 32000) -> LlamaConfig:

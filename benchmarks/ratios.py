@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import slimformer as sf
+from common import SETUPS  # benchmarks/common.py
 from slimformer.eval import perplexity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,13 +43,6 @@ SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
 OUT_JSON = REPO / "docs" / "ratios.json"
 OUT_MD = REPO / "docs" / "ratios.md"
 
-SETUPS = {  # as benchmarks/auto.py: calibration text, evaluation text (never used for a choice)
-    "stories260k": {"calib": "data/tinystories/tinystories_train_prefix.txt", "samples": 128, "seqlen": 256,
-                    "eval": "data/tinystories/tinystories_valid_prefix.txt", "eval_seqlen": 512,
-                    "eval_tokens": 100_000},
-    "opt-fixture": {"calib": "data/wikitext2/wiki.valid.raw", "samples": 64, "seqlen": 256,
-                    "eval": "data/wikitext2/wiki.test.raw", "eval_seqlen": 256, "eval_tokens": 40_000},
-}
 
 #: method -> (config factory at a target, which ratio its paper reports, where that definition is stated)
 METHODS: dict[str, tuple[Callable[[float], Any], str, str]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ import slimformer as sf
 
 from tiny_models import make_model
 
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_ratios", Path(__file__).resolve().parents[1] / "benchmarks" / "ratios.py")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:  # the script imports benchmarks/common.py, as when run from there
+    sys.path.insert(0, str(BENCHMARKS))
+_SPEC = importlib.util.spec_from_file_location("bench_ratios", BENCHMARKS / "ratios.py")
 ratios = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(ratios)
 
