@@ -211,20 +211,76 @@ def test_cli_errors_are_one_line(tmp_path: Path, extra: list[str], message: str,
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("config", [sf.FASPConfig(sparsity=0.3), sf.MoDeGPTConfig(sparsity=0.3)])
-def test_head_reshaping_linears_are_left_frozen(config, caplog: pytest.LogCaptureFixture) -> None:
-    """Value channels / q-k dims pruned per head are computed by linears that pad, slice or scatter
-    head dims (found by the leaderboard: LoRA around them added updates of the wrong shape). The
-    default targets leave them frozen with a warning and train the rest; naming one is an error."""
+def _reshaped(config) -> sf.CompressionResult:
     calib = torch.randint(0, VOCAB, (8, 24), generator=torch.Generator().manual_seed(1))
-    pruned = sf.compress(make_model("llama"), config, calib, progress=False)
+    return sf.compress(make_model("llama"), config, calib, progress=False)
+
+
+RESHAPING = [sf.FASPConfig(sparsity=0.3), sf.MoDeGPTConfig(sparsity=0.3),
+             sf.DISPConfig(target_params=0.3, steps=4, batch=2, seqlen=16)]
+
+
+@pytest.mark.parametrize("config", RESHAPING, ids=["fasp", "modegpt", "disp"])
+def test_linears_that_reshape_around_their_weight_train_in_weight_space(config) -> None:
+    """Value channels / q-k dims pruned per head (pad, slice or scatter head dims) and DISP's
+    gathered/scattered residual subsets: their forward reshapes around the weight, so peft's
+    output-side LoRA does not fit (the leaderboard found the shape error). They get the same
+    update in weight space; it trains, and merging is exact."""
+    from slimformer.finetune.lora import WEIGHT_SPACE, WeightSpaceLoRA
+
+    model = _reshaped(config).model
+    special = {n for n, m in model.named_modules() if isinstance(m, WEIGHT_SPACE)}
+    assert special  # the setting really produces such linears
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    wrapped, resolved = attach_lora(model, _small())
+    assert special <= {n for names in resolved.values() for n in names}
+    assert sum(isinstance(m, WeightSpaceLoRA) for m in wrapped.modules()) == len(special)
+    assert torch.equal(_logits(wrapped, _probe()), _logits(_reshaped(config).model, _probe()))  # B = 0: unchanged
+    train_lora(wrapped, _stream(), _small(), progress=False)
+    lora_logits = _logits(wrapped, _probe())
+    merged = merge_lora(wrapped)
+    assert (_logits(merged, _probe()) - lora_logits).abs().max().item() <= 1e-5
+    after = dict(merged.named_parameters())
+    assert set(after) == set(before) and all(after[n].shape == before[n].shape for n in before)
+    moved = {n for n in before if (after[n] - before[n]).abs().max() > 1e-4}
+    assert {f"{n}.weight" for n in special} <= moved  # every reshaping linear trained
+    assert not any("lora_" in n for n, _ in merged.named_modules())
+
+
+@pytest.mark.parametrize("config", [sf.FASPConfig(sparsity=0.3), sf.MoDeGPTConfig(sparsity=0.3)])
+def test_a_kept_peft_adapter_leaves_head_reshaping_linears_frozen(config, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A peft adapter directory must load with peft alone, which cannot hold the weight-space
+    updates: with ``keep_adapter`` those linears stay frozen with a warning, the rest train, and
+    base + adapter equals the merged model; naming one of them is an error."""
+    from peft import PeftModel
+
+    pruned = _reshaped(config)
+    pruned.save(tmp_path / "p")
     before = _logits(pruned.model, _probe())
     with caplog.at_level("WARNING", logger="slimformer.finetune.lora"):
-        res = sf.finetune(pruned.model, _stream(), _small(), progress=False)
+        res = sf.finetune(tmp_path / "p", _stream(), _small(), keep_adapter=tmp_path / "a", progress=False)
     assert "head-reshaping linears" in caplog.text
     after = _logits(res.model, _probe())
     assert torch.isfinite(after).all() and not torch.allclose(after, before)  # the other targets trained
+    with_adapter = PeftModel.from_pretrained(sf.load_model(tmp_path / "p")[0], str(tmp_path / "a")).eval()
+    assert (_logits(with_adapter, _probe()) - after).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="pad or scatter pruned head dims") as info:
-        sf.finetune(sf.compress(make_model("llama"), config, calib, progress=False).model, _stream(),
-                    _small(targets=("v",)), progress=False)
-    assert "\n" not in str(info.value)
+        sf.finetune(tmp_path / "p", _stream(), _small(targets=("v",)), keep_adapter=tmp_path / "b", progress=False)
+    assert "\n" not in str(info.value) and "--keep-adapter" in str(info.value)
+
+
+def test_disp_model_fine_tunes_and_saves(tmp_path: Path) -> None:
+    """A DISP model (every linear reads or writes a residual subset) fine-tunes end to end, and the
+    merged result saves and reloads with identical logits; a kept peft adapter is refused in one line."""
+    pruned = _reshaped(RESHAPING[2])
+    pruned.save(tmp_path / "d")
+    res = sf.finetune(tmp_path / "d", _stream(), _small(steps=3), progress=False)
+    assert res.record["merge_max_abs_logit_diff"] <= 1e-5 and res.record["trainable_params"] > 0
+    out = Path(res.save(tmp_path / "ft"))
+    ref = _logits(res.model, _probe())
+    assert (_logits(sf.load_model(out)[0], _probe()) - ref).abs().max().item() <= 1e-5
+    assert (_remote_code_logits(out, _probe(), tmp_path) - ref).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="DISP model") as info:
+        sf.finetune(tmp_path / "d", _stream(), _small(), keep_adapter=tmp_path / "a", progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "a").exists()

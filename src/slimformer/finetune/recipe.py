@@ -78,13 +78,13 @@ def _split_streams(train: _Stream, eval_: _Stream | None, config: FinetuneConfig
     return _Stream(train.ids[:cut], ident), _Stream(train.ids[cut:], held)
 
 
-def _check_model_limits(model: nn.Module, config: FinetuneConfig) -> None:
+def _check_model_limits(model: nn.Module, config: FinetuneConfig, weight_space: bool = True) -> None:
     """Fail before any data work: window longer than the model's context, or bad LoRA targets."""
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if isinstance(max_pos, int) and config.seqlen > max_pos:
         raise ValueError(f"finetune seqlen={config.seqlen} exceeds the model's max_position_embeddings={max_pos}; "
                          f"use --seqlen {max_pos} or less")
-    resolve_targets(model, config.targets)
+    resolve_targets(model, config.targets, weight_space)
 
 
 def _check_lengths(model: nn.Module, train: _Stream, config: FinetuneConfig) -> None:
@@ -311,7 +311,10 @@ def finetune(
         eval_data: held-out text for perplexity; ``None``: the tail
             (``config.holdout``) of the training stream is held out.
         data_split / eval_split: hub splits for hub names (ignored for local files).
-        keep_adapter: also write the (unmerged) peft adapter to this directory.
+        keep_adapter: also write the (unmerged) peft adapter to this directory. peft cannot load
+            LoRA on linears that reshape around their weight, so with this option those
+            (head-pruned v/o/q/k) stay frozen with a warning and DISP models are refused;
+            without it they are trained too (weight-space LoRA, see :mod:`.lora`).
         overwrite: replace a non-empty ``keep_adapter`` directory.
         device: training device (default: where the model is).
         progress: progress bars: held-out perplexity before and after, and training with the running loss.
@@ -335,7 +338,8 @@ def finetune(
     base, tok, section, report, path = _source_model(model, tokenizer, config.dtype)
     if device is not None:
         base.to(device)
-    _check_model_limits(base, config)
+    weight_space = keep_adapter is None  # a kept peft adapter holds only what peft can load
+    _check_model_limits(base, config, weight_space)
     full = _stream(data, tok, data_split, "training data")
     _check_lengths(base, full, config)
     held_out = None if eval_data is None else _stream(eval_data, tok, eval_split, "eval data")
@@ -346,7 +350,7 @@ def finetune(
                         f"of seqlen={config.seqlen}")
     params_before = sum(p.numel() for p in base.parameters())
     before = _ppl(base, held.ids, config, progress=progress, desc="perplexity before")
-    peft_model, targets = attach_lora(base, config)
+    peft_model, targets = attach_lora(base, config, weight_space)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info("LoRA on %d modules (%s), %d trainable parameters; perplexity before %.4f",
                 sum(map(len, targets.values())), ", ".join(targets), trainable, before.ppl)
