@@ -71,6 +71,13 @@ def test_failing_and_time_boxed_candidates_are_reported() -> None:
                                                            max_minutes=1e-9), _calib(), progress=False)
     rows = boxed.report["auto"]["candidates"]
     assert "heldout_ppl" in rows[0] and "time box" in rows[1]["skipped"]
+    model = make_model("llama")
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(ValueError, match="no candidate could compress") as info:  # every candidate fails
+        sf.compress(model, sf.AutoConfig(target_params=0.97, candidates="slicegpt;fasp"), _calib(), progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "slicegpt: target_params 0.97 is unreachable" in message and "; fasp: " in message
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())  # the model is left as it was
 
 
 def test_cli_auto_on_stories260k(tmp_path: Path, stories_dir: Path, tinystories_train: Path,

@@ -7,6 +7,9 @@ the model then :func:`become` s the winning copy.
 
 from __future__ import annotations
 
+import time
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
@@ -54,4 +57,41 @@ def become(model: nn.Module, other: nn.Module) -> None:
     model.__dict__.update(other.__dict__)
 
 
-__all__ = ["become", "heldout_nll", "split_calibration"]
+class Selection:
+    """The best compressed copy seen so far (lowest held-out NLL), and the candidates' time box.
+
+    Callers keep their own report rows; :meth:`offer` remembers the winning copy, its report
+    fields and its row index, and :meth:`take` hands it over (or explains why none ran).
+    """
+
+    def __init__(self, max_minutes: float | None) -> None:
+        self.max_minutes = max_minutes
+        self.start = time.perf_counter()
+        self.nll = float("inf")
+        self.model: nn.Module | None = None
+        self.extra: dict[str, Any] = {}
+        self.index = -1
+
+    def out_of_time(self) -> bool:
+        """True once one candidate was kept and the time box (if any) is spent."""
+        return (self.max_minutes is not None and self.model is not None
+                and time.perf_counter() - self.start > 60 * float(self.max_minutes))
+
+    def offer(self, nll: float, work: nn.Module, extra: dict[str, Any], index: int) -> None:
+        """Keep ``work`` if it scores below every earlier candidate."""
+        if self.model is None or nll < self.nll:
+            self.nll, self.model, self.extra, self.index = nll, work, extra, index
+
+    def take(self, failure: str, rows: list[dict[str, Any]], label: Callable[[dict[str, Any]], str]
+             ) -> tuple[nn.Module, dict[str, Any], int]:
+        """``(chosen copy, its report fields, its row index)``.
+
+        Raises:
+            ValueError: no candidate ran: ``failure`` and, per row, ``label(row)`` with its error or skip reason.
+        """
+        if self.model is None:
+            raise ValueError(failure + ": " + "; ".join(f"{label(r)}: {r.get('error', r.get('skipped'))}" for r in rows))
+        return self.model, self.extra, self.index
+
+
+__all__ = ["Selection", "become", "heldout_nll", "split_calibration"]

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ...arch import ArchAdapter
 from ...core.params import count_params
-from .._shared.selection import become, heldout_nll, split_calibration
+from .._shared.selection import Selection, become, heldout_nll, split_calibration
 from ..base import Runtime, get_method
 from .config import AutoConfig, parse_candidates
 
@@ -50,8 +50,7 @@ def apply_auto(model: nn.Module, adapter: ArchAdapter, config: AutoConfig, calib
     dense_nll = heldout_nll(model, held, runtime.batch_size, runtime.device)
     params_before = count_params(model)
     rows: list[dict[str, Any]] = []
-    best: tuple[float, nn.Module, dict[str, Any], int] | None = None
-    t_start = time.perf_counter()
+    best = Selection(config.max_minutes)
     # each candidate works on its own copy: its blocks come from that copy, in memory (never from the
     # source the API built for ``model``)
     inner = dataclasses.replace(runtime, progress=False, blocks=None)
@@ -60,8 +59,7 @@ def apply_auto(model: nn.Module, adapter: ArchAdapter, config: AutoConfig, calib
         bar.set_postfix_str(label)
         row: dict[str, Any] = {"label": label, "method": method, "config": dataclasses.asdict(cfg)}
         rows.append(row)
-        if config.max_minutes is not None and best is not None \
-                and time.perf_counter() - t_start > 60 * float(config.max_minutes):
+        if best.out_of_time():
             row["skipped"] = f"time box of {config.max_minutes} minutes reached"
             continue
         work = copy.deepcopy(model)
@@ -77,14 +75,10 @@ def apply_auto(model: nn.Module, adapter: ArchAdapter, config: AutoConfig, calib
         after = count_params(work)
         row.update(params_after=after, removed_fraction=1 - after / params_before, heldout_ppl=math.exp(nll))
         logger.info("auto: %s -> held-out ppl %.4f, %d params", label, row["heldout_ppl"], after)
-        if best is None or nll < best[0]:
-            best = (nll, work, extra, len(rows) - 1)
+        best.offer(nll, work, extra, len(rows) - 1)
         del work
     bar.close()
-    if best is None:
-        raise ValueError("auto: no candidate could compress this model: "
-                         + "; ".join(f"{r['label']}: {r.get('error', r.get('skipped'))}" for r in rows))
-    _, chosen, extra, index = best
+    chosen, extra, index = best.take("auto: no candidate could compress this model", rows, lambda r: r["label"])
     become(model, chosen)
     extra = dict(extra)
     extra["auto"] = {

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ...arch import ArchAdapter, get_adapter
 from ...core.params import count_params
-from .._shared.selection import become, heldout_nll, split_calibration
+from .._shared.selection import Selection, become, heldout_nll, split_calibration
 from ..base import Runtime, get_method
 from .config import CompositeConfig
 
@@ -146,25 +146,21 @@ def apply_composite(model: nn.Module, adapter: ArchAdapter, config: CompositeCon
     dense_nll = heldout_nll(model, held, runtime.batch_size, runtime.device)
     inner = dataclasses.replace(runtime, progress=False, blocks=None)  # each copy is in memory
     rows: list[dict[str, Any]] = []
-    best: tuple[float, nn.Module, dict[str, Any], int] | None = None
-    t_start = time.perf_counter()
+    best = Selection(config.max_minutes)
     bar = tqdm(config.split_values(), desc="composite", unit="split", disable=not runtime.progress, leave=False)
     for split in bar:
         bar.set_postfix_str(f"slicing share {split:g}")
-        if config.max_minutes is not None and best is not None \
-                and time.perf_counter() - t_start > 60 * float(config.max_minutes):
+        if best.out_of_time():
             rows.append({"split": split, "skipped": f"time box of {config.max_minutes} minutes reached"})
             continue
         row, work, extra = _candidate(model, config, split, train, held, inner, params_before)
         rows.append(row)
-        if work is not None and (best is None or row["heldout_nll"] < best[0]):
-            best = (row["heldout_nll"], work, extra, len(rows) - 1)
+        if work is not None:
+            best.offer(row["heldout_nll"], work, extra, len(rows) - 1)
         del work
     bar.close()
-    if best is None:
-        raise ValueError("composite: no split could compress this model to the target: "
-                         + "; ".join(f"{r['split']:g}: {r.get('error', r.get('skipped'))}" for r in rows))
-    _, chosen, extra, index = best
+    chosen, extra, index = best.take("composite: no split could compress this model to the target", rows,
+                                     lambda r: f"{r['split']:g}")
     split = rows[index]["split"]
     logger.info("composite: chose slicing share %g (held-out ppl %.4f)", split, rows[index]["heldout_ppl"])
     refit: dict[str, Any] | None = None
