@@ -11,7 +11,9 @@ gather-from / scatter-to residual subsets) cannot: peft adds ``B A x`` to the *o
 the *input's* shape. They get the same update in weight space instead, ``W + (alpha / r) B A``
 as a ``torch.nn.utils.parametrize`` parametrization of ``weight``, so the wrapper's own
 forward applies it to exactly the inputs and outputs the weight sees (no input dropout
-there: the update is applied to the weight, not to a dropped-out input).
+there: the update is applied to the weight, not to a dropped-out input). Each training
+forward materialises ``W + s B A`` once per such linear, which autograd keeps for the
+backward pass: one extra copy of those weights in the model dtype.
 """
 
 from __future__ import annotations
