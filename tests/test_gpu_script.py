@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,38 @@ def test_run_sh_tiny(tmp_path: Path) -> None:
         assert f"| {method} | ok |" in md
     assert "| method | status |" in proc.stdout  # run.sh prints the table
     assert (out / "log.txt").exists()
+
+
+def test_budget_skips_and_interruption_keep_what_was_measured(tmp_path: Path) -> None:
+    """The paths the real run is likely to take (an item skipped for the budget, the outer
+    timeout's SIGINT in the middle of an item): valid JSON, every item accounted for, a table."""
+    out = tmp_path / "budget"
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu" / "run.sh"), str(out), "--tiny", "--budget-s", "1"],
+                          capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "gpu_bench.json").read_text())
+    runs = [r for s in data["sizes"].values() for r in s["runs"]]
+    assert runs and all(r["status"] == "skipped" and r["note"].startswith("budget: ") for r in runs)
+    assert "Not measured: " in (out / "gpu_bench.md").read_text()
+
+    out = tmp_path / "interrupted"
+    child = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu" / "gpu_bench.py"), str(out), "--tiny"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO)
+    assert child.stdout is not None
+    for line in child.stdout:  # interrupt in the second item (dense is measured, slicegpt's speed test runs)
+        if "tiny-1b: slicegpt compressed" in line:
+            child.send_signal(signal.SIGINT)
+            break
+    rest = child.communicate(timeout=120)[0]
+    assert child.returncode == 130 and "interrupted: the items measured so far are in" in rest
+    assert "Traceback" not in rest
+    data = json.loads((out / "gpu_bench.json").read_text())
+    status = {(size, r["method"]): r["status"] for size, s in data["sizes"].items() for r in s["runs"]}
+    assert not data["finished"] and status[("tiny-1b", "dense")] == "ok"
+    assert set(status.values()) <= {"ok", "aborted", "skipped"} and "aborted" in status.values()
+    rendered = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu" / "gpu_bench.py"), str(out), "--render"],
+                              capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)
+    assert rendered.returncode == 0 and "| dense | ok |" in rendered.stdout
 
 
 BLOCKED_CHILD = r"""

@@ -576,7 +576,8 @@ class Bench:
                     self.save()
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.data["finished"] = True
-        except DeadlineExceeded:  # between items (while saving or freeing)
+        except DeadlineExceeded:  # between items (while saving, freeing or skipping)
+            stopped = "budget: deadline reached"
             self.log("deadline reached between items")
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -656,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
         (out / MD_NAME).write_text(text)
         print(text)
         return 0
-    return Bench(args).main()
+    try:
+        return Bench(args).main()
+    except KeyboardInterrupt:  # the outer timeout (run.sh) or ^C: the items so far are saved already
+        print(f"interrupted: the items measured so far are in {out / JSON_NAME}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
