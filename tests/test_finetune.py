@@ -277,6 +277,7 @@ def test_disp_model_fine_tunes_and_saves(tmp_path: Path) -> None:
     pruned.save(tmp_path / "d")
     res = sf.finetune(tmp_path / "d", _stream(), _small(steps=3), progress=False)
     assert res.record["merge_max_abs_logit_diff"] <= 1e-5 and res.record["trainable_params"] > 0
+    assert 0 < res.record["weight_space_targets"] <= sum(res.record["targets"].values())
     out = Path(res.save(tmp_path / "ft"))
     ref = _logits(res.model, _probe())
     assert (_logits(sf.load_model(out)[0], _probe()) - ref).abs().max().item() <= 1e-5

@@ -32,7 +32,7 @@ from ..core.dtypes import to_torch_dtype
 from ..data import DataError, TextSource, load_text, tokenize_text
 from ..eval.perplexity import PerplexityResult, perplexity
 from ..finetune_config import FinetuneConfig
-from .lora import attach_lora, merge_lora, resolve_targets
+from .lora import WeightSpaceLoRA, attach_lora, merge_lora, resolve_targets
 
 logger = logging.getLogger("slimformer.finetune")
 
@@ -352,6 +352,7 @@ def finetune(
     before = _ppl(base, held.ids, config, progress=progress, desc="perplexity before")
     peft_model, targets = attach_lora(base, config, weight_space)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    in_weight_space = sum(isinstance(m, WeightSpaceLoRA) for m in peft_model.modules())
     logger.info("LoRA on %d modules (%s), %d trainable parameters; perplexity before %.4f",
                 sum(map(len, targets.values())), ", ".join(targets), trainable, before.ppl)
     log = train_lora(peft_model, train.ids, config, evaluate=lambda: _ppl(peft_model, held.ids, config).ppl,
@@ -366,7 +367,8 @@ def finetune(
         raise RuntimeError("merging the adapters changed the parameter count; refusing to save a wrong model")
     after = _ppl(merged, held.ids, config, progress=progress, desc="perplexity after")
     logger.info("perplexity %.4f -> %.4f after %d steps (%.1fs)", before.ppl, after.ppl, log.steps_done, log.seconds)
-    record = _record(config, targets, trainable, log, train, held, before, after, merge_err, path, keep_adapter, merged)
+    record = _record(config, targets, trainable, log, train, held, before, after, merge_err, path, keep_adapter, merged,
+                     in_weight_space)
     if "finetune" in section:  # fine-tuning a fine-tuned model: keep the earlier record
         record["previous"] = section["finetune"]
     section["finetune"] = record
@@ -377,7 +379,7 @@ def finetune(
 def _record(
     config: FinetuneConfig, targets: dict[str, list[str]], trainable: int, log: _TrainLog, train: _Stream,
     held: _Stream, before: PerplexityResult, after: PerplexityResult, merge_err: float, path: str | None,
-    keep_adapter: str | None, model: nn.Module,
+    keep_adapter: str | None, model: nn.Module, in_weight_space: int = 0,
 ) -> dict[str, Any]:
     """The JSON record of one fine-tune (stored in the config section and the report)."""
     import peft
@@ -388,6 +390,7 @@ def _record(
         "method": "lora",
         "config": dataclasses.asdict(config),
         "targets": {role: len(names) for role, names in targets.items()},
+        "weight_space_targets": in_weight_space,  # of those, linears trained with a weight-space LoRA
         "trainable_params": trainable,
         "steps_done": log.steps_done,
         "tokens_seen": log.tokens_seen,
