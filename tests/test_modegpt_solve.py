@@ -97,3 +97,7 @@ def test_vo_decomposition_error_is_the_tail_and_keep_all_is_exact(m: int) -> Non
         P = torch.randn(hd, k, dtype=F64)
         Mo = torch.linalg.lstsq(V @ P, V @ B).solution
         assert (V @ B - V @ P @ Mo).pow(2).sum() >= err - 1e-8
+        # balanced factors: the new values keep the dense values' mean per-channel second moment
+        # (C_v sums over the t tokens; whitening alone would leave each new value ~1/sqrt(t))
+        new = V @ T  # [t, k]
+        assert torch.allclose(new.pow(2).mean(0), torch.full((k,), float(V.pow(2).mean()), dtype=F64), rtol=1e-6)

@@ -129,6 +129,14 @@ def vo_decompose(C_v: torch.Tensor, B: torch.Tensor, k: int, damping: float = 0.
     Returns:
         ``T: [hd, k]`` (new values ``v' = T^T v``), ``M: [k, m]`` (new o rows) and the
         singular values ``[min(hd, m)]`` of ``R B`` (dropped energy = sum of the tail squared).
+
+    Scale: ``R^-1 U_k`` alone whitens the new values against ``C_v``, a Gram *summed* over
+    the N calibration tokens, so each kept value would be ~1/sqrt(N) per token and the o
+    rows ~sqrt(N) times too large (181x at 128 x 256 tokens): the same product, but
+    ill-scaled weights (a fine-tune's Adam steps on v blow up; fp16 headroom shrinks). The
+    factors are balanced by ``c = sqrt(trace(C_v) / hd)``, ``T c`` and ``M / c`` (the
+    product ``T M`` is unchanged), so the new values keep the dense values' mean
+    per-channel scale.
     """
     hd = C_v.shape[0]
     if not 1 <= k <= hd:
@@ -139,4 +147,7 @@ def vo_decompose(C_v: torch.Tensor, B: torch.Tensor, k: int, damping: float = 0.
     Uk = U[:, :k]
     T = torch.linalg.solve_triangular(R, Uk, upper=True)  # R^-1 U_k
     M = Uk.T @ R @ B.double()
+    scale = float(torch.diagonal(C_v).double().sum().clamp_min(0) / hd) ** 0.5
+    if scale > 0:  # balance: v' = (T c)^T v has the dense values' mean per-channel second moment
+        T, M = T * scale, M / scale
     return T, M, S
