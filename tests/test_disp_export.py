@@ -239,11 +239,15 @@ def test_corrupt_plan_index_sets_are_refused(tmp_path: Path) -> None:
             sf.load_model(bad)
 
 
-def test_lora_finetuning_refuses_gather_scatter_linears() -> None:
-    """peft's LoRA would add a full-width update to a gathered linear: refused with a clear error."""
+def test_lora_targets_gather_scatter_linears_in_weight_space_only() -> None:
+    """peft's LoRA would add a full-width update to a gathered linear: the gathered/scattered
+    linears are targets for the weight-space LoRA, and a peft-only adapter refuses them clearly."""
     from slimformer.finetune import resolve_targets
+    from slimformer.finetune.lora import RESIDUAL_WRAPPERS
 
     model = make_model("llama")
     export_disp(model, get_adapter(model), _random_masks(model))
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, RESIDUAL_WRAPPERS)}
+    assert wrapped and wrapped <= {n for names in resolve_targets(model, None).values() for n in names}
     with pytest.raises(ValueError, match="DISP"):
-        resolve_targets(model, None)
+        resolve_targets(model, None, weight_space=False)
