@@ -456,8 +456,9 @@ def _add_finetune_parser(sub: Any) -> None:
     f.add_argument("--eval-data", default=None,
                    help=f"held-out text for perplexity (default: the last {100 * d.holdout:.0f}%% of --data's tokens)")
     f.add_argument("--device", default="cpu", help="training device (default cpu)")
-    f.add_argument("--keep-adapter", default=None, metavar="DIR", help="also save the unmerged peft adapter to DIR (peft cannot hold LoRA on head-pruned v/o/q/k: "
-                        "those then stay frozen; DISP models are refused)")
+    f.add_argument("--keep-adapter", default=None, metavar="DIR",
+                   help="also save the unmerged peft adapter to DIR (peft cannot hold LoRA on head-pruned "
+                        "v/o/q/k: those then stay frozen; DISP models are refused)")
     f.add_argument("--overwrite", action="store_true", help="replace non-empty --out / --keep-adapter directories")
     f.add_argument("--json", dest="json_out", help="write the fine-tune record as JSON to this file")
     f.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -90,7 +90,8 @@ class Selection:
             ValueError: no candidate ran: ``failure`` and, per row, ``label(row)`` with its error or skip reason.
         """
         if self.model is None:
-            raise ValueError(failure + ": " + "; ".join(f"{label(r)}: {r.get('error', r.get('skipped'))}" for r in rows))
+            why = "; ".join(f"{label(r)}: {r.get('error', r.get('skipped'))}" for r in rows)
+            raise ValueError(f"{failure}: {why}")
         return self.model, self.extra, self.index
 
 
