@@ -303,3 +303,19 @@ def test_dataclass_fields_keep_their_defaults() -> None:
     assert DISPConfig(target_params=0.1).batch == 4 and DISPConfig(target_params=0.1).seqlen is None
     assert FASPConfig(sparsity=0.1).schedule == "uniform" and DOTResizeConfig(sparsity=0.1).where == "residual"
     assert {f.name for f in dataclasses.fields(DISPConfig)} >= {"batch", "seqlen", "learning_rate"}
+
+
+def test_a_file_given_for_a_model_directory_says_so(tmp_path, capsys) -> None:
+    """A file where a model directory is expected (e.g. the weights file instead of its folder)
+    is named as such, not "not found"; a missing path is "not found". One line each, exit 2."""
+    from slimformer.cli import main
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    for argv in (["verify", str(weights)], ["info", str(weights)], ["pack", str(weights), str(tmp_path / "p.sfpack")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{weights} is a file, not a directory" in err, (argv, err)
+    assert main(["verify", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err

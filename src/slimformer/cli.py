@@ -22,7 +22,7 @@ from .cli_options import add_method_options as _add_method_options
 from .cli_options import attribute_docs as _attribute_docs  # noqa: F401 (tests)
 from .cli_options import build_config, build_method_config
 from .cli_options import plain as _plain  # noqa: F401 (tests)
-from .validate import DTYPE_NAMES
+from .validate import DTYPE_NAMES, require_dir
 
 logger = logging.getLogger("slimformer.cli")
 
@@ -472,8 +472,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     config = build_config(FinetuneConfig, args)  # validates before any work
     check_device(args.device)
-    if not Path(args.dir).is_dir():
-        raise FileNotFoundError(f"model directory not found: {args.dir}")
+    require_dir(args.dir)
     inputs = (args.dir, args.data, args.eval_data)
     check_output_dir(args.out, args.overwrite, inputs=inputs)
     if args.keep_adapter is not None:
@@ -510,9 +509,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     """Everything checkable without building (and, with ``--load``, one forward pass); one ``ok:`` line."""
     from .runtime.modeling_slimformer import check_saved
 
-    path = Path(args.dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"directory not found: {path}")
+    path = require_dir(args.dir)
     if args.load:
         check_device(args.device)
     checked = check_saved(str(path))

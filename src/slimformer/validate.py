@@ -11,6 +11,8 @@ module imports nothing from slimformer; the modules that own each concept
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 #: layer-redundancy slicing base when none is given: ``SB = DEFAULT_BASE_RATIO * SP``.
 #: The reference code has no default (it sweeps SB from SP down to 0 in 0.02 steps);
@@ -115,6 +117,21 @@ def check_schedule(name: str, *, slicing_base: float | None = None, temperature:
         check_fraction("max_layer_sparsity", max_layer_sparsity, allow_zero=False)
 
 
+def require_dir(path: str | os.PathLike, what: str = "model directory") -> Path:
+    """``path`` as a Path if it is a directory; else a one-line error that says which case it is.
+
+    Raises:
+        NotADirectoryError: ``path`` exists but is a file (e.g. a weights file instead of its folder).
+        FileNotFoundError: nothing at ``path``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise NotADirectoryError(f"{what} {p} is a file, not a directory; give the directory that holds config.json")
+    raise FileNotFoundError(f"{what} not found: {p}")
+
+
 __all__ = ["ATTENTION_MODES", "COSTS", "DEFAULT_BASE_RATIO", "DTYPE_NAMES", "GRAM_DTYPES", "SCHEDULE_NAMES",
            "TARGET_INITS", "TARGET_MARGINALS", "TRANSPORTS", "check_budget", "check_fraction", "check_int",
-           "check_schedule", "check_temperature", "schedule_names"]
+           "check_schedule", "check_temperature", "require_dir", "schedule_names"]

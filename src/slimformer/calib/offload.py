@@ -45,6 +45,7 @@ from ..arch import ArchAdapter, get_adapter
 from ..core.dtypes import to_torch_dtype
 from ..io.safetensors_io import read_tensors, write_tensors
 from ..memory import trim_heap
+from ..validate import require_dir
 from .source import BlockSource
 from .stash import ACTIVATION_MODES, ActivationStash
 
@@ -222,7 +223,7 @@ def _resolve(name_or_path: str) -> Path:
     if p.is_dir():
         return p
     if name_or_path.startswith((".", "/", "~")) or p.suffix:
-        raise FileNotFoundError(f"model directory not found: {name_or_path}")
+        require_dir(name_or_path)
     try:
         from huggingface_hub import snapshot_download
 

@@ -30,7 +30,7 @@ from ..core.projections import fuse_state
 from ..runtime import modeling_slimformer as modeling
 from ..runtime import plan_schema
 from ..runtime.modeling_slimformer import SlimformerFormatError, load_compressed
-from ..validate import DTYPE_NAMES
+from ..validate import DTYPE_NAMES, require_dir
 from . import safetensors_io
 from .inputs import check_checkpoint_files
 from .outputs import OutputExistsError, check_output_dir, commit_dir, staged_dir  # noqa: F401 (re-exported)
@@ -299,7 +299,7 @@ def load_model(
     if section is not None:  # a plain HF config: transformers builds it, the section and hashes are still checked
         modeling.check_saved(name)
     if not os.path.isdir(name) and (name.startswith((".", "/", "~")) or Path(name).suffix):
-        raise FileNotFoundError(f"model directory not found: {name}")
+        require_dir(name)
     from transformers import AutoModelForCausalLM
 
     if os.path.isdir(name):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from ..runtime.plan_schema import read_config_json, validate_section
+from ..validate import require_dir
 from .targets import export_targets, format_targets
 
 
@@ -18,9 +18,7 @@ def read_info(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: no such directory.
         ValueError: not a slimformer output directory, or an invalid section.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"directory not found: {path}")
+    path = require_dir(path, "directory")
     config = read_config_json(path) if (path / "config.json").is_file() else {}
     section = config.get("slimformer")
     if section is None:

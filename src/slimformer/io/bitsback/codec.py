@@ -53,6 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...runtime.modeling_slimformer import WEIGHTS_INDEX_NAME, SlimformerFormatError, weight_files
+from ...validate import require_dir
 from . import floatcode as fc
 from .groups import Group, Member, rotation_groups
 from .rotation import (
@@ -352,9 +353,7 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, bitsback: bool = True, 
         :class:`PackStats` (sizes in bits, time).
     """
     t0 = time.perf_counter()
-    src = Path(src)
-    if not src.is_dir():
-        raise FileNotFoundError(f"model directory not found: {src}")
+    src = require_dir(src)
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} has no config.json: not a Hugging Face model directory")
     from ..outputs import check_free_space, check_output_file
