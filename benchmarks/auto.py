@@ -12,50 +12,42 @@ was made.
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 import slimformer as sf
-from common import SETUPS  # benchmarks/common.py
-from slimformer.eval import perplexity
+from common import REPO, SETUPS, SHARED, eval_ids, eval_ppl, load_real  # benchmarks/common.py
 from slimformer.methods.auto import parse_candidates
 from slimformer.methods.auto.apply import split_calibration
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
 OUT = REPO / "docs" / "auto.json"
 
 
 
 def run(name: str, target: float) -> dict[str, Any]:
-    s = SETUPS[name]
-    model_dir = SHARED / "models" / name
-    model, tok = sf.load_model(model_dir, dtype="float32")
-    calib = sf.data.load(str(SHARED / s["calib"]), tok, samples=s["samples"], seqlen=s["seqlen"], seed=42)
+    model, tok, calib = load_real(name)
     config = sf.AutoConfig(target_params=target)
     t0 = time.perf_counter()
     result = sf.compress(model, config, calib, progress=False)
     auto = result.report["auto"]
     auto_seconds = time.perf_counter() - t0
-    ids = sf.data.tokenize_text(sf.data.load_text(str(SHARED / s["eval"])).text, tok)[: s["eval_tokens"]]
+    ids = eval_ids(name, tok)
 
     def ppl(m: torch.nn.Module) -> float:
-        return perplexity(m, tok, ids, seqlen=s["eval_seqlen"], batch_size=16, progress=False).ppl
+        return eval_ppl(m, tok, ids, name)
 
     train, _ = split_calibration(calib.input_ids, config.holdout)
     rows = []
     for (label, method, settings), rec in zip(parse_candidates(config.candidates), auto["candidates"]):
-        eval_ppl = None
+        candidate_ppl = None
         if "error" not in rec:
-            m, _ = sf.load_model(model_dir, dtype="float32")
+            m, _ = sf.load_model(SHARED / "models" / name, dtype="float32")
             cfg = sf.methods.get_method(method).config_cls(**settings, target_params=target)
             sf.compress(m, cfg, train, progress=False)
-            eval_ppl = ppl(m)
-        rows.append({"label": label, "heldout_ppl": rec.get("heldout_ppl"), "eval_ppl": eval_ppl,
+            candidate_ppl = ppl(m)
+        rows.append({"label": label, "heldout_ppl": rec.get("heldout_ppl"), "eval_ppl": candidate_ppl,
                      "removed": rec.get("removed_fraction"), "seconds": rec.get("seconds"),
                      "error": rec.get("error")})
         print(name, json.dumps(rows[-1]), flush=True)

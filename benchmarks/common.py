@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
+#: the seed of the real models' calibration windows
+CALIB_SEED = 42
 
 #: the real models' text (paths under ../shared): calibration text, and the evaluation text that
 #: is never used for a choice; calibration sizes as in benchmarks/fasp.py
@@ -13,6 +23,31 @@ SETUPS = {
     "opt-fixture": {"calib": "data/wikitext2/wiki.valid.raw", "samples": 64, "seqlen": 256,
                     "eval": "data/wikitext2/wiki.test.raw", "eval_seqlen": 256, "eval_tokens": 40_000},
 }
+
+
+def load_real(name: str) -> tuple[torch.nn.Module, Any, Any]:
+    """``(fp32 model, tokenizer, calibration windows)`` of the real model ``name`` in :data:`SETUPS`."""
+    import slimformer as sf
+
+    s = SETUPS[name]
+    model, tok = sf.load_model(SHARED / "models" / name, dtype="float32")
+    calib = sf.data.load(str(SHARED / s["calib"]), tok, samples=s["samples"], seqlen=s["seqlen"], seed=CALIB_SEED)
+    return model, tok, calib
+
+
+def eval_ids(name: str, tok: Any, tokens: int | None = None) -> torch.Tensor:
+    """The first ``tokens`` (default: the setup's ``eval_tokens``) token ids of ``name``'s evaluation text."""
+    import slimformer as sf
+
+    s = SETUPS[name]
+    return sf.data.tokenize_text(sf.data.load_text(str(SHARED / s["eval"])).text, tok)[: tokens or s["eval_tokens"]]
+
+
+def eval_ppl(model: torch.nn.Module, tok: Any, ids: torch.Tensor, name: str) -> float:
+    """Perplexity of ``model`` on ``ids`` in ``name``'s evaluation windows (non-overlapping, batch 16)."""
+    from slimformer.eval import perplexity
+
+    return perplexity(model, tok, ids, seqlen=SETUPS[name]["eval_seqlen"], batch_size=16, progress=False).ppl
 
 
 def llama_config(hidden: int = 1024, mlp: int = 2816, heads: int = 16, layers: int = 8,

@@ -21,23 +21,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 import slimformer as sf
-from common import SETUPS  # benchmarks/common.py
-from slimformer.eval import perplexity
+from common import REPO, SETUPS, SHARED, eval_ids, eval_ppl, load_real  # benchmarks/common.py
 from slimformer.methods._shared.selection import split_calibration
 from slimformer.methods.base import Runtime
 from slimformer.methods.composite import CompositeConfig
 from slimformer.methods.composite.apply import run_split
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
 OUT = REPO / "docs" / "composite.json"
 
 
@@ -57,19 +52,17 @@ def run(name: str, target: float, singles: bool = True, **settings: Any) -> dict
 
     ``settings``: CompositeConfig fields other than the target (e.g. ``keep_tied=True``, ``splits``).
     """
-    s = SETUPS[name]
     model_dir = SHARED / "models" / name
-    model, tok = sf.load_model(model_dir, dtype="float32")
-    calib = sf.data.load(str(SHARED / s["calib"]), tok, samples=s["samples"], seqlen=s["seqlen"], seed=42)
+    model, tok, calib = load_real(name)
     config = CompositeConfig(target_params=target, **settings)
     t0 = time.perf_counter()
     result = sf.compress(model, config, calib, progress=False)
     comp = result.report["composite"]
     seconds = time.perf_counter() - t0
-    ids = sf.data.tokenize_text(sf.data.load_text(str(SHARED / s["eval"])).text, tok)[: s["eval_tokens"]]
+    ids = eval_ids(name, tok)
 
     def ppl(m: torch.nn.Module) -> float:
-        return perplexity(m, tok, ids, seqlen=s["eval_seqlen"], batch_size=16, progress=False).ppl
+        return eval_ppl(m, tok, ids, name)
 
     out: dict[str, Any] = {"target": target, "settings": settings, "chosen_split": comp["chosen_split"],
                            "composite_eval_ppl": ppl(model),

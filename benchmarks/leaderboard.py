@@ -40,25 +40,19 @@ from typing import Any
 import torch
 
 import slimformer as sf
+from common import CALIB_SEED, REPO, SHARED, eval_ids, load_real  # benchmarks/common.py
+from common import SETUPS as REAL_SETUPS
 from slimformer.eval import perplexity
 from slimformer.eval.speed import SpeedSettings, compare_speed
 
 logger = logging.getLogger("leaderboard")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
-
-#: calibration / evaluation text per model (../shared/models/README.md), the sizes of benchmarks/auto.py;
-#: eval_tokens is cut to fit the CPU budget (stated in docs/leaderboard.md)
+#: calibration / evaluation text per model: benchmarks/common.py's (as benchmarks/auto.py uses them), with
+#: eval_tokens cut to fit the CPU budget (stated in docs/leaderboard.md)
 SETUPS: dict[str, dict[str, Any]] = {
-    "stories260k": {"calib": "data/tinystories/tinystories_train_prefix.txt", "samples": 128, "seqlen": 256,
-                    "eval": "data/tinystories/tinystories_valid_prefix.txt", "eval_seqlen": 512,
-                    "eval_tokens": 20_000, "family": "llama"},
-    "opt-fixture": {"calib": "data/wikitext2/wiki.valid.raw", "samples": 64, "seqlen": 256,
-                    "eval": "data/wikitext2/wiki.test.raw", "eval_seqlen": 256, "eval_tokens": 8_000,
-                    "family": "opt"},
+    "stories260k": {**REAL_SETUPS["stories260k"], "eval_tokens": 20_000, "family": "llama"},
+    "opt-fixture": {**REAL_SETUPS["opt-fixture"], "eval_tokens": 8_000, "family": "opt"},
 }
-CALIB_SEED = 42
 TASKS = ["piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande"]
 DEFAULT_RATIOS = [0.2, 0.3, 0.4]
 DEFAULT_FINETUNE_STEPS = 20
@@ -79,11 +73,8 @@ ORDER = ["slicegpt", "fasp", "magnitude", "wanda-sp", "random", "dotresize", "mo
 
 def load_setup(name: str) -> tuple[Any, Any, torch.Tensor]:
     """Tokenizer, calibration windows and evaluation token ids of model ``name``."""
-    s = SETUPS[name]
-    _, tok = sf.load_model(SHARED / "models" / name, dtype="float32")
-    calib = sf.data.load(str(SHARED / s["calib"]), tok, samples=s["samples"], seqlen=s["seqlen"], seed=CALIB_SEED)
-    ids = sf.data.tokenize_text(sf.data.load_text(str(SHARED / s["eval"])).text, tok)[: s["eval_tokens"]]
-    return tok, calib, ids
+    _, tok, calib = load_real(name)
+    return tok, calib, eval_ids(name, tok, SETUPS[name]["eval_tokens"])
 
 
 def dense_model(name: str) -> torch.nn.Module:

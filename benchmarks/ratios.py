@@ -25,21 +25,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import re
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 import slimformer as sf
-from common import SETUPS  # benchmarks/common.py
-from slimformer.eval import perplexity
+from common import REPO, SETUPS, eval_ids, eval_ppl, load_real  # benchmarks/common.py
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
 OUT_JSON = REPO / "docs" / "ratios.json"
 OUT_MD = REPO / "docs" / "ratios.md"
 
@@ -108,14 +103,11 @@ def ratios(before: dict[str, int], model: nn.Module, layers: list[dict[str, Any]
 
 
 def run(name: str, targets: list[float], methods: list[str]) -> dict[str, Any]:
-    s = SETUPS[name]
-    model_dir = SHARED / "models" / name
-    base, tok = sf.load_model(model_dir, dtype="float32")
-    calib = sf.data.load(str(SHARED / s["calib"]), tok, samples=s["samples"], seqlen=s["seqlen"], seed=42)
-    ids = sf.data.tokenize_text(sf.data.load_text(str(SHARED / s["eval"])).text, tok)[: s["eval_tokens"]]
+    base, tok, calib = load_real(name)
+    ids = eval_ids(name, tok)
 
     def ppl(m: nn.Module) -> float:
-        return perplexity(m, tok, ids, seqlen=s["eval_seqlen"], batch_size=16, progress=False).ppl
+        return eval_ppl(m, tok, ids, name)
 
     before = param_counts(base)
     d = int(base.config.hidden_size)

@@ -19,7 +19,9 @@ SCRIPT = REPO / "benchmarks" / "leaderboard.py"
 
 
 def _leaderboard() -> ModuleType:
-    """benchmarks/leaderboard.py as a module (benchmarks/ is no package)."""
+    """benchmarks/leaderboard.py as a module (benchmarks/ is no package; its scripts import benchmarks/common.py)."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("leaderboard_script", SCRIPT)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
