@@ -117,6 +117,15 @@ def check_schedule(name: str, *, slicing_base: float | None = None, temperature:
         check_fraction("max_layer_sparsity", max_layer_sparsity, allow_zero=False)
 
 
+def check_selection(who: str, holdout: float, max_minutes: float | None) -> None:
+    """The settings of a method that picks among candidates on held-out calibration windows
+    (``auto``, ``composite``): ``holdout`` a fraction in (0, 1), ``max_minutes`` > 0 or ``None``."""
+    if not 0 < float(holdout) < 1:
+        raise ValueError(f"{who} holdout must be a fraction in (0, 1), got {holdout!r}")
+    if max_minutes is not None and not float(max_minutes) > 0:
+        raise ValueError(f"{who} max_minutes must be > 0, got {max_minutes!r}")
+
+
 def require_dir(path: str | os.PathLike, what: str = "model directory") -> Path:
     """``path`` as a Path if it is a directory; else a one-line error that says which case it is.
 
@@ -134,4 +143,4 @@ def require_dir(path: str | os.PathLike, what: str = "model directory") -> Path:
 
 __all__ = ["ATTENTION_MODES", "COSTS", "DEFAULT_BASE_RATIO", "DTYPE_NAMES", "GRAM_DTYPES", "SCHEDULE_NAMES",
            "TARGET_INITS", "TARGET_MARGINALS", "TRANSPORTS", "check_budget", "check_fraction", "check_int",
-           "check_schedule", "check_temperature", "require_dir", "schedule_names"]
+           "check_schedule", "check_selection", "check_temperature", "require_dir", "schedule_names"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...validate import check_fraction
+from ...validate import check_fraction, check_selection
 
 #: what ``auto`` tries by default: the calibration-based methods that take seconds to minutes
 #: (DISP-LLM trains a hypernetwork and PruneNet a policy: add them by name when wanted)
@@ -91,10 +91,7 @@ class AutoConfig:
             raise ValueError("auto needs target_params (the fraction of parameters every candidate removes)")
         self.target_params = check_fraction("target_params", self.target_params, allow_zero=False)
         parse_candidates(self.candidates)
-        if not 0 < float(self.holdout) < 1:
-            raise ValueError(f"auto holdout must be a fraction in (0, 1), got {self.holdout!r}")
-        if self.max_minutes is not None and not float(self.max_minutes) > 0:
-            raise ValueError(f"auto max_minutes must be > 0, got {self.max_minutes!r}")
+        check_selection("auto", self.holdout, self.max_minutes)
 
 
 __all__ = ["AutoConfig", "DEFAULT_CANDIDATES", "parse_candidates"]

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...validate import ATTENTION_MODES, SCHEDULE_NAMES, check_fraction, check_schedule
+from ...validate import ATTENTION_MODES, SCHEDULE_NAMES, check_fraction, check_schedule, check_selection
 
 #: residual-slicing shares tried by default: pure FASP, three mixtures, pure SliceGPT
 DEFAULT_SPLITS = "0,0.25,0.5,0.75,1"
@@ -106,10 +106,7 @@ class CompositeConfig:
         for name in ("keep_tied", "refit"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not 0 < float(self.holdout) < 1:
-            raise ValueError(f"composite holdout must be a fraction in (0, 1), got {self.holdout!r}")
-        if self.max_minutes is not None and not float(self.max_minutes) > 0:
-            raise ValueError(f"composite max_minutes must be > 0, got {self.max_minutes!r}")
+        check_selection("composite", self.holdout, self.max_minutes)
 
     def split_values(self) -> list[float]:
         """The residual-slicing shares to try, in the order given."""
