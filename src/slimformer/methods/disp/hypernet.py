@@ -76,6 +76,14 @@ class HyperNetBase(nn.Module):
 
     n_layers: int
 
+    def _set_shape(self, n_layers: int, sizes: dict[str, int], seed: int) -> torch.Generator:
+        """Check and store ``n_layers`` and the per-kind ``sizes``; the seeded generator for the parameters."""
+        missing = [k for k in MASK_KINDS if k not in sizes]
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs sizes for {missing}")
+        self.n_layers, self.sizes = int(n_layers), {k: int(sizes[k]) for k in MASK_KINDS}
+        return torch.Generator().manual_seed(int(seed))
+
     def logits(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         """Per kind, ``[L, n_kind]`` mask logits (before the +3 shift)."""
         raise NotImplementedError
@@ -125,11 +133,7 @@ class HyperNet(HyperNetBase):
 
     def __init__(self, n_layers: int, sizes: dict[str, int], hidden: int = 64, seed: int = 0) -> None:
         super().__init__()
-        missing = [k for k in MASK_KINDS if k not in sizes]
-        if missing:
-            raise ValueError(f"HyperNet needs sizes for {missing}")
-        self.n_layers, self.sizes = int(n_layers), {k: int(sizes[k]) for k in MASK_KINDS}
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = self._set_shape(n_layers, sizes, seed)
         # [L, 5 * 32] fixed inputs: one 32-d code per mask kind and block
         self.register_buffer("inputs", torch.randn(self.n_layers, len(MASK_KINDS) * INPUT_DIM, generator=gen))
         self.gru = nn.GRU(len(MASK_KINDS) * INPUT_DIM, hidden, batch_first=True, bidirectional=True)
@@ -164,11 +168,7 @@ class MaskSeqHyperNet(HyperNetBase):
 
     def __init__(self, n_layers: int, sizes: dict[str, int], hidden: int = 64, seed: int = 0) -> None:
         super().__init__()
-        missing = [k for k in MASK_KINDS if k not in sizes]
-        if missing:
-            raise ValueError(f"MaskSeqHyperNet needs sizes for {missing}")
-        self.n_layers, self.sizes = int(n_layers), {k: int(sizes[k]) for k in MASK_KINDS}
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = self._set_shape(n_layers, sizes, seed)
         n_masks = self.n_layers * len(MASK_KINDS)
         self.inputs = nn.Parameter(torch.randn(n_masks, INPUT_DIM, generator=gen))  # [5L, 32]
         self.gru = nn.GRU(INPUT_DIM, hidden, batch_first=True, bidirectional=True)
