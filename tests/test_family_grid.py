@@ -223,21 +223,29 @@ def test_moe_experts_are_pruned_one_by_one_and_save_in_the_family_layout(family:
     assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
 
 
+def _mlp_only_plain_save_keeps(model: torch.nn.Module, key: str, calib: torch.Tensor, x: torch.Tensor,
+                               out: Path) -> Path:
+    """FASP on the MLPs only (25%), saved plain to ``out``: the checkpoint's tensor ``key`` (a fused
+    attention projection) is bitwise the original, and plain transformers reloads the same logits."""
+    from safetensors import safe_open
+
+    original = model.get_parameter(key).detach().clone()
+    result = sf.compress(model, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
+    out = Path(result.save(out))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor(key), original)
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()  # the family's own class, no remote code
+    assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
+    return out
+
+
 def test_gpt_neox_per_head_qkv_comes_back_in_its_layout(tmp_path: Path) -> None:
     """GPT-NeoX's query_key_value rows are grouped per head (q, k, v of head 0, then head 1, ...):
     held as parts while compressing, written back in that order by a plain save, which loads
     without remote code; a layer-wise slicing saves with the runtime and reloads too."""
-    from safetensors import safe_open
-
     x, calib = grid.ids(), grid.ids(8, 24, seed=2)
-    dense = grid.build("gpt_neox")
-    fused = dense.gpt_neox.layers[0].attention.query_key_value.weight.detach().clone()
-    result = sf.compress(dense, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
-    out = Path(result.save(tmp_path / "plain"))
-    with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert torch.equal(f.get_tensor("gpt_neox.layers.0.attention.query_key_value.weight"), fused)
-    plain = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
+    _mlp_only_plain_save_keeps(grid.build("gpt_neox"), "gpt_neox.layers.0.attention.query_key_value.weight",
+                               calib, x, tmp_path / "plain")
     sliced = sf.compress(grid.build("gpt_neox"), sf.SliceGPTConfig(target_params=0.2, schedule="layer-redundancy"),
                          calib, progress=False)
     out = Path(sliced.save(tmp_path / "remote"))
@@ -252,15 +260,10 @@ def test_gpt2_conv1d_comes_back_in_its_layout_and_slicing_needs_equal_ends(tmp_p
     from safetensors import safe_open
 
     x, calib = grid.ids(), grid.ids(8, 24, seed=2)
-    dense = grid.build("gpt2")
-    c_attn = dense.transformer.h[0].attn.c_attn.weight.detach().clone()  # [in, 3 * d]
-    result = sf.compress(dense, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
-    out = Path(result.save(tmp_path / "plain"))
+    out = _mlp_only_plain_save_keeps(grid.build("gpt2"), "transformer.h.0.attn.c_attn.weight",  # [in, 3 * d]
+                                     calib, x, tmp_path / "plain")
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert torch.equal(f.get_tensor("transformer.h.0.attn.c_attn.weight"), c_attn)
         assert tuple(f.get_slice("transformer.h.0.mlp.c_fc.weight").get_shape()) == (grid.HIDDEN, 72)
-    plain = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert (grid.logits(plain, x) - grid.logits(result.model, x)).abs().max().item() <= grid.RELOAD_TOL
     with pytest.raises(UnsupportedModelError, match="--schedule uniform --slice-head") as info:
         sf.compress(grid.build("gpt2"), sf.SliceGPTConfig(sparsity=0.2), calib, progress=False)
     assert "\n" not in str(info.value)
@@ -276,8 +279,6 @@ def test_gpt2_conv1d_comes_back_in_its_layout_and_slicing_needs_equal_ends(tmp_p
 def test_falcon_variants_are_exact_and_keep_their_qkv_layout(variant: dict, tmp_path: Path) -> None:
     """Each Falcon decoder variant gets its own description: SliceGPT exact at sparsity 0, FASP to the
     target, and an MLP-only plain save whose fused query_key_value is the original tensor."""
-    from safetensors import safe_open
-
     def model() -> torch.nn.Module:
         m = grid.build("falcon")
         cfg = m.config
@@ -299,14 +300,8 @@ def test_falcon_variants_are_exact_and_keep_their_qkv_layout(variant: dict, tmp_
     assert abs(pruned.report["removed_fraction"] - 0.2) <= grid.TARGET_TOL
     reloaded = AutoModelForCausalLM.from_pretrained(pruned.save(tmp_path / "heads"), trust_remote_code=True).eval()
     assert (grid.logits(reloaded, x) - grid.logits(pruned.model, x)).abs().max().item() <= grid.RELOAD_TOL
-    base = model()
-    qkv = base.transformer.h[0].self_attention.query_key_value.weight.detach().clone()
-    mlp = sf.compress(base, sf.FASPConfig(sparsity=0.25, attention="none"), calib, progress=False)
-    out = Path(mlp.save(tmp_path / "plain"))
-    with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert torch.equal(f.get_tensor("transformer.h.0.self_attention.query_key_value.weight"), qkv)
-    plain = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert (grid.logits(plain, x) - grid.logits(mlp.model, x)).abs().max().item() <= grid.RELOAD_TOL
+    _mlp_only_plain_save_keeps(model(), "transformer.h.0.self_attention.query_key_value.weight", calib, x,
+                               tmp_path / "plain")
 
 
 def test_falcon_alibi_is_refused_in_one_line() -> None:
