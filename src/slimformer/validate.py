@@ -117,6 +117,13 @@ def check_schedule(name: str, *, slicing_base: float | None = None, temperature:
         check_fraction("max_layer_sparsity", max_layer_sparsity, allow_zero=False)
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool (not 0/1, not a string); else a one-line ValueError naming ``name``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_selection(who: str, holdout: float, max_minutes: float | None) -> None:
     """The settings of a method that picks among candidates on held-out calibration windows
     (``auto``, ``composite``): ``holdout`` a fraction in (0, 1), ``max_minutes`` > 0 or ``None``."""
@@ -142,5 +149,5 @@ def require_dir(path: str | os.PathLike, what: str = "model directory") -> Path:
 
 
 __all__ = ["ATTENTION_MODES", "COSTS", "DEFAULT_BASE_RATIO", "DTYPE_NAMES", "GRAM_DTYPES", "SCHEDULE_NAMES",
-           "TARGET_INITS", "TARGET_MARGINALS", "TRANSPORTS", "check_budget", "check_fraction", "check_int",
+           "TARGET_INITS", "TARGET_MARGINALS", "TRANSPORTS", "check_bool", "check_budget", "check_fraction", "check_int",
            "check_schedule", "check_selection", "check_temperature", "require_dir", "schedule_names"]

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...validate import ATTENTION_MODES, SCHEDULE_NAMES, check_fraction, check_schedule, check_selection
+from ...validate import (ATTENTION_MODES, SCHEDULE_NAMES, check_bool, check_fraction, check_schedule,
+                         check_selection)
 
 #: residual-slicing shares tried by default: pure FASP, three mixtures, pure SliceGPT
 DEFAULT_SPLITS = "0,0.25,0.5,0.75,1"
@@ -104,8 +105,7 @@ class CompositeConfig:
         check_schedule(self.schedule)
         check_schedule(self.prune_schedule)
         for name in ("keep_tied", "refit"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         check_selection("composite", self.holdout, self.max_minutes)
 
     def split_values(self) -> list[float]:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...validate import check_budget, check_int
+from ...validate import check_bool, check_budget, check_int
 
 #: ``variant``: the library's training recipe, or the official code's (docs/disp.md, "Reference variant")
 DISP_VARIANTS: tuple[str, ...] = ("library", "reference")
@@ -105,8 +105,7 @@ class DISPConfig:
         if self.checkpoint is not None and not str(self.checkpoint).strip():
             raise ValueError("checkpoint must be a file path or None, got an empty string")
         for name in ("grad_checkpointing", "reinmax"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
 
     def touches(self) -> frozenset[str]:
         """What this method changes (see :meth:`slimformer.arch.ArchAdapter.refusal`): which residual

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .._shared.widths import DEFAULT_BASE_RATIO, UNIFORM_ROUND_TO, ResidualWidthsConfig
+from ...validate import check_bool
 
 #: values of :attr:`SliceGPTConfig.basis`
 BASIS_NAMES = ("per-layer", "shared")
@@ -50,8 +51,7 @@ class SliceGPTConfig(ResidualWidthsConfig):
         super().__post_init__()
         if not float(self.damping) >= 0:
             raise ValueError(f"damping must be >= 0, got {self.damping!r}")
-        if not isinstance(self.keep_tied, bool):
-            raise ValueError(f"keep_tied must be true or false, got {self.keep_tied!r}")
+        check_bool("keep_tied", self.keep_tied)
         if self.basis not in BASIS_NAMES:
             raise ValueError(f"basis must be one of {', '.join(BASIS_NAMES)}, got {self.basis!r}")
         if self.basis == "shared":
